@@ -1,0 +1,332 @@
+"""Bring the local Ollama server up for the worker: wait, check the model, pull, preload.
+
+Standard library only: this runs on the cold-start path (and during the image build, where the
+handler's dependencies are not needed), so every millisecond of import time counts.
+
+Used two ways:
+- from Python: `wait_for_ollama(...)` before the RunPod handler starts taking jobs;
+- from `ollama_boot.sh`: `python -m ollama_worker.boot <command>`, since the image has no curl.
+  Each command exits 0 on success, or 1 with one `boot: ...` line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+# Each poll is short so a wedged server cannot hold the loop past its deadline.
+_POLL_TIMEOUT_S = 2.0
+# Loading an 8B model from a cold disk can take a while; Ollama itself gives up after
+# OLLAMA_LOAD_TIMEOUT (5 min), so this only guards against a server that never answers.
+PRELOAD_TIMEOUT_S = 600.0
+# A pull reports progress continuously; this long without a line means it has stalled.
+PULL_STALL_TIMEOUT_S = 300.0
+_DEFAULT_REGISTRY_PREFIX = "registry.ollama.ai/library/"
+
+
+class BootError(RuntimeError):
+    """Ollama could not be brought to a state where the worker can serve jobs."""
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` still runs; a zombie (dead but not yet reaped) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The state follows the parenthesised command name, which may itself hold spaces.
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}
+
+
+def _request(base_url: str, path: str, body: dict[str, Any] | None) -> urllib.request.Request:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    return urllib.request.Request(
+        base_url.rstrip("/") + path,
+        data=data,
+        headers=headers,
+        method="GET" if body is None else "POST",
+    )
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """The `error` field of an Ollama error body, or the raw body, for messages."""
+    try:
+        raw = exc.read().decode(errors="replace")
+    except OSError:
+        raw = ""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return parsed["error"]
+    return raw.strip() or str(exc.reason)
+
+
+def _call_json(
+    base_url: str, path: str, body: dict[str, Any] | None = None, *, timeout_s: float
+) -> Any:
+    """One request answered by one JSON document; raises BootError on any failure."""
+    request = _request(base_url, path, body)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as exc:
+        raise BootError(f"{path} answered HTTP {exc.code}: {_error_text(exc)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BootError(f"{path} at {base_url} failed: {reason}") from None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise BootError(f"{path} answered something that is not JSON: {payload[:200]!r}") from None
+
+
+def _stream_json(
+    base_url: str, path: str, body: dict[str, Any], *, timeout_s: float
+) -> Iterator[dict[str, Any]]:
+    """POST and yield each NDJSON line as a dict; an `error` line raises BootError."""
+    request = _request(base_url, path, body)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            for raw in response:
+                line = raw.strip()
+                if not line:  # tolerated: some proxies add blank keep-alive lines
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    raise BootError(
+                        f"{path} sent a line that is not JSON: {line[:200]!r}"
+                    ) from None
+                if not isinstance(item, dict):
+                    raise BootError(f"{path} sent an unexpected line: {line[:200]!r}")
+                if item.get("error"):
+                    raise BootError(f"{path} failed: {item['error']}")
+                yield item
+    except urllib.error.HTTPError as exc:
+        raise BootError(f"{path} answered HTTP {exc.code}: {_error_text(exc)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BootError(f"{path} at {base_url} failed: {reason}") from None
+
+
+def wait_for_ollama(
+    base_url: str, timeout_s: float, *, pid: int | None = None, interval_s: float = 0.25
+) -> str:
+    """Poll `/api/version` until Ollama answers and return its version, so nothing talks to a
+    server that is not up yet; raise BootError once `pid` (the server) dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    last_problem = "no answer yet"
+    while True:
+        started = time.monotonic()
+        if pid is not None and not _process_alive(pid):
+            raise BootError(f"ollama serve (pid {pid}) exited before it answered at {base_url}")
+        remaining = deadline - started
+        if remaining <= 0:
+            raise BootError(
+                f"Ollama at {base_url} did not answer within {timeout_s:g} s ({last_problem})"
+            )
+        try:
+            answer = _call_json(base_url, "/api/version", timeout_s=min(_POLL_TIMEOUT_S, remaining))
+        except BootError as exc:
+            last_problem = str(exc)
+        else:
+            version = answer.get("version") if isinstance(answer, dict) else None
+            if isinstance(version, str) and version:
+                return version
+            last_problem = f"/api/version answered {answer!r}"
+        # Polls start at most every interval_s, whatever each one cost.
+        pause = interval_s - (time.monotonic() - started)
+        if pause > 0:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+
+
+def normalise_model(name: str) -> str:
+    """Ollama's canonical form of a model name ("voice-assistant" -> "voice-assistant:latest"),
+    so names written with or without the default tag or registry compare equal."""
+    name = name.strip()
+    if name.casefold().startswith(_DEFAULT_REGISTRY_PREFIX):
+        name = name[len(_DEFAULT_REGISTRY_PREFIX) :]
+    last_part = name.rpartition("/")[2]
+    if ":" not in last_part:
+        name += ":latest"
+    # Ollama matches model names case-insensitively.
+    return name.casefold()
+
+
+def installed_models(base_url: str, *, timeout_s: float = 10.0) -> list[str]:
+    """The names `/api/tags` lists, so the boot can tell what the image actually holds."""
+    answer = _call_json(base_url, "/api/tags", timeout_s=timeout_s)
+    models = answer.get("models") if isinstance(answer, dict) else None
+    if not isinstance(models, list):
+        raise BootError(f"/api/tags answered an unexpected body: {answer!r}")
+    names: list[str] = []
+    for entry in models:
+        if isinstance(entry, dict):
+            name = entry.get("name") or entry.get("model")
+            if isinstance(name, str) and name:
+                names.append(name)
+    return names
+
+
+def is_installed(model: str, installed: Sequence[str]) -> bool:
+    """Whether `model` is among `installed`, comparing tag-normalised names."""
+    wanted = normalise_model(model)
+    return any(normalise_model(name) == wanted for name in installed)
+
+
+def require_model(base_url: str, model: str) -> list[str]:
+    """Raise BootError naming what is installed unless `model` is, so a worker never starts
+    with a model it would have to download at job time; returns the installed names."""
+    installed = installed_models(base_url)
+    if not is_installed(model, installed):
+        listing = ", ".join(sorted(installed)) or "none"
+        raise BootError(
+            f"model {model!r} is not installed in OLLAMA_MODELS (installed: {listing}); "
+            "bake it into the image (PULL_MODELS / Modelfile) or set OLLAMA_PULL_ON_BOOT=1"
+        )
+    return installed
+
+
+def pull(
+    base_url: str,
+    model: str,
+    *,
+    stall_timeout_s: float = PULL_STALL_TIMEOUT_S,
+    log: bool = True,
+) -> None:
+    """Download `model` through `/api/pull`, raising BootError on an error line or if the
+    stream ends without `success`, so a failed download never passes for a finished one."""
+    last_status = ""
+    body = {"model": model, "name": model, "stream": True}
+    for item in _stream_json(base_url, "/api/pull", body, timeout_s=stall_timeout_s):
+        status = str(item.get("status", ""))
+        # Progress lines repeat the same status with new byte counts: report changes only.
+        if log and status and status != last_status:
+            print(f"boot: pull {model}: {status}", file=sys.stderr, flush=True)
+        last_status = status or last_status
+    if last_status != "success":
+        raise BootError(f"pull of {model!r} ended without success (last status {last_status!r})")
+
+
+def preload(base_url: str, model: str, *, timeout_s: float = PRELOAD_TIMEOUT_S) -> None:
+    """Load `model` into memory and keep it there forever (`keep_alive: -1`), so the first
+    job does not pay for the load; raises BootError if Ollama cannot load it."""
+    body = {"model": model, "messages": [], "keep_alive": -1, "stream": False}
+    answer = _call_json(base_url, "/api/chat", body, timeout_s=timeout_s)
+    if not isinstance(answer, dict) or answer.get("error"):
+        raise BootError(f"preloading {model!r} failed: {answer!r}")
+
+
+def _log(message: str) -> None:
+    print(f"boot: {message}", file=sys.stderr, flush=True)
+
+
+def _ready(
+    base_url: str, model: str, *, timeout_s: float, pid: int | None, pull_on_boot: bool
+) -> None:
+    """The run-mode sequence in one process: wait, check (or pull) the model, preload."""
+    started = time.monotonic()
+    version = wait_for_ollama(base_url, timeout_s, pid=pid)
+    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    installed = installed_models(base_url)
+    if not is_installed(model, installed):
+        if not pull_on_boot:
+            require_model(base_url, model)  # raises, naming what is installed
+        _log(f"{model} is not installed; pulling it (OLLAMA_PULL_ON_BOOT=1)")
+        pull(base_url, model)
+        require_model(base_url, model)
+    loading = time.monotonic()
+    preload(base_url, model)
+    _log(
+        f"{model} loaded in {time.monotonic() - loading:.2f} s and kept in memory "
+        f"(boot {time.monotonic() - started:.2f} s)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ollama_worker.boot",
+        description="Boot steps for the local Ollama server (used by ollama_boot.sh).",
+    )
+    parser.add_argument("--url", help="Ollama base URL (default: from OLLAMA_HOST)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    wait = commands.add_parser("wait", help="wait until Ollama answers; print its version")
+    wait.add_argument("--pid", type=int, help="give up at once if this process dies")
+    wait.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
+
+    check = commands.add_parser("check", help="fail unless the model is installed")
+    check.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
+
+    pull_cmd = commands.add_parser("pull", help="pull models through the API")
+    pull_cmd.add_argument("models", nargs="*", help="default: PULL_MODELS")
+
+    load = commands.add_parser("preload", help="load the model and keep it loaded")
+    load.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
+    load.add_argument("--timeout", type=float, default=PRELOAD_TIMEOUT_S)
+
+    ready = commands.add_parser(
+        "ready", help="wait, check (pull if OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL"
+    )
+    ready.add_argument("--pid", type=int, help="give up at once if this process dies")
+    ready.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point for `ollama_boot.sh`; returns the exit status (0 ok, 1 failed)."""
+    args = _parser().parse_args(argv)
+    # Imported here so the module itself stays free of side effects for library callers.
+    from ollama_worker.config import ConfigError, get_settings
+
+    try:
+        settings = get_settings()
+        base_url = args.url or settings.ollama_url
+        if args.command == "wait":
+            timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
+            print(wait_for_ollama(base_url, timeout_s, pid=args.pid), flush=True)
+        elif args.command == "check":
+            model = args.model or settings.default_model
+            require_model(base_url, model)
+            _log(f"{model} is installed")
+        elif args.command == "pull":
+            for model in args.models or settings.pull_models:
+                pull(base_url, model)
+        elif args.command == "preload":
+            preload(base_url, args.model or settings.default_model, timeout_s=args.timeout)
+        elif args.command == "ready":
+            timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
+            _ready(
+                base_url,
+                settings.default_model,
+                timeout_s=timeout_s,
+                pid=args.pid,
+                pull_on_boot=settings.pull_on_boot,
+            )
+    except (BootError, ConfigError) as exc:
+        _log(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

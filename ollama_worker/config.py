@@ -1,0 +1,116 @@
+"""Settings read from the environment, once, on first use (never at import time).
+
+Standard library only: the boot helper imports this module on the cold-start path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the worker cannot use."""
+
+
+def _env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_number(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    value = _env_number(name, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{name}={value!r} must be a whole number")
+    return int(value)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def ollama_base_url(host: str) -> str:
+    """Turn an `OLLAMA_HOST` value ("0.0.0.0:11434", ":11434", "http://h:p") into a client URL."""
+    host = host.strip().rstrip("/")
+    scheme, _, rest = host.rpartition("://")
+    scheme = scheme or "http"
+    hostname, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not port.isdigit():  # a bare host name, or an IPv6 address with no port
+        hostname, port = rest, "11434"
+    # A server bound to every interface is reached on the loopback.
+    if hostname in {"", "0.0.0.0", "[::]"}:
+        hostname = "127.0.0.1"
+    return f"{scheme}://{hostname}:{port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob the worker reads from its environment, with its default."""
+
+    ollama_url: str
+    default_model: str
+    max_concurrency: int
+    request_timeout_s: float
+    connect_timeout_s: float
+    retry_deadline_s: float
+    max_input_chars: int
+    boot_timeout_s: float
+    pull_on_boot: bool
+    pull_models: tuple[str, ...]
+    vapi_webhook_secret: str
+    vapi_assistant_id: str
+    vapi_assistant_json: str
+    vapi_custom_llm_url: str
+    vapi_first_message: str
+    vapi_tools_module: str
+    vapi_tool_timeout_s: float
+    vapi_transfer_destination: str
+    runpod_endpoint_id: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the environment now; raises ConfigError naming the first bad variable."""
+        parallel = _env_int("OLLAMA_NUM_PARALLEL", 0, minimum=0)
+        return cls(
+            ollama_url=ollama_base_url(_env_str("OLLAMA_HOST", "127.0.0.1:11434")),
+            default_model=_env_str("DEFAULT_MODEL", "voice-assistant"),
+            max_concurrency=_env_int("MAX_CONCURRENCY", parallel or 4, minimum=1),
+            request_timeout_s=_env_number("OLLAMA_REQUEST_TIMEOUT_S", 300.0, minimum=0.001),
+            connect_timeout_s=_env_number("OLLAMA_CONNECT_TIMEOUT_S", 5.0, minimum=0.001),
+            retry_deadline_s=_env_number("OLLAMA_RETRY_DEADLINE_S", 60.0),
+            max_input_chars=_env_int("MAX_INPUT_CHARS", 1_000_000, minimum=1),
+            boot_timeout_s=_env_number("OLLAMA_BOOT_TIMEOUT_S", 120.0, minimum=0.001),
+            pull_on_boot=_env_flag("OLLAMA_PULL_ON_BOOT"),
+            pull_models=tuple(
+                name for name in _env_str("PULL_MODELS", "llama3.1:8b").replace(",", " ").split()
+            ),
+            vapi_webhook_secret=os.environ.get("VAPI_WEBHOOK_SECRET", ""),
+            vapi_assistant_id=_env_str("VAPI_ASSISTANT_ID", ""),
+            vapi_assistant_json=_env_str("VAPI_ASSISTANT_JSON", ""),
+            vapi_custom_llm_url=_env_str("VAPI_CUSTOM_LLM_URL", ""),
+            vapi_first_message=_env_str("VAPI_FIRST_MESSAGE", "Hi! How can I help you today?"),
+            vapi_tools_module=_env_str("VAPI_TOOLS_MODULE", ""),
+            vapi_tool_timeout_s=_env_number("VAPI_TOOL_TIMEOUT_S", 15.0, minimum=0.001),
+            vapi_transfer_destination=_env_str("VAPI_TRANSFER_DESTINATION", ""),
+            runpod_endpoint_id=_env_str("RUNPOD_ENDPOINT_ID", ""),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first call."""
+    return Settings.from_env()

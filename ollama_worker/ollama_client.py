@@ -1,0 +1,269 @@
+"""The one pooled connection to the local Ollama, with retries bounded by a deadline.
+
+Typed native calls go through the official `ollama.AsyncClient`; raw OpenAI-compatible
+calls go through `httpx`. Both share one transport, so one connection pool serves all jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import ollama
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from ollama_worker.config import Settings, get_settings
+from ollama_worker.errors import ErrorCode, WorkerError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Faults worth another try: Ollama not up yet, busy, or a connection failing before a reply."""
+    if isinstance(exc, ollama.ResponseError):
+        return exc.status_code in RETRYABLE_STATUSES
+    # The ollama client turns connect failures into the builtin ConnectionError; httpx's
+    # TransportError covers refused, reset, dropped and timed-out connections.
+    return isinstance(exc, ConnectionError | httpx.TransportError)
+
+
+def to_worker_error(
+    exc: BaseException, *, deadline_s: float, mid_stream: bool = False
+) -> WorkerError:
+    """Translate a client-side exception into the coded error the caller sees."""
+    if isinstance(exc, WorkerError):
+        return exc
+    where = "mid-stream, after the reply had begun" if mid_stream else "before replying"
+    if isinstance(exc, ollama.ResponseError):
+        status, text = exc.status_code, exc.error
+        if status == 404:
+            return WorkerError(ErrorCode.MODEL_NOT_FOUND, text)
+        if status == 400:
+            return WorkerError(ErrorCode.INVALID_INPUT, f"Ollama rejected the request: {text}")
+        if status in RETRYABLE_STATUSES:
+            return WorkerError(
+                ErrorCode.OLLAMA_UNAVAILABLE,
+                f"Ollama kept answering HTTP {status} ({text}) for {deadline_s:g} s; "
+                "retry later or raise OLLAMA_RETRY_DEADLINE_S",
+            )
+        status_text = "mid-stream" if status == -1 else f"HTTP {status}"
+        return WorkerError(ErrorCode.OLLAMA_ERROR, f"Ollama failed ({status_text}): {text}")
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | ConnectionError):
+        return WorkerError(
+            ErrorCode.OLLAMA_UNAVAILABLE,
+            f"could not reach Ollama within {deadline_s:g} s ({type(exc).__name__}); "
+            "check that `ollama serve` is running and OLLAMA_HOST points at it",
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return WorkerError(
+            ErrorCode.TIMEOUT,
+            f"Ollama did not answer in time {where} ({type(exc).__name__}); "
+            "shorten the request or raise OLLAMA_REQUEST_TIMEOUT_S",
+        )
+    if isinstance(exc, httpx.TransportError):
+        return WorkerError(
+            ErrorCode.OLLAMA_ERROR,
+            f"the connection to Ollama broke {where} ({type(exc).__name__}: {exc}); retry the job",
+        )
+    return WorkerError(ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}; see the worker log")
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "Ollama call failed (%s: %s); retry %d in %.2f s",
+        type(exc).__name__,
+        exc,
+        state.attempt_number,
+        state.upcoming_sleep,
+    )
+
+
+def retrying(deadline_s: float, *, max_wait_s: float = 2.0) -> AsyncRetrying:
+    """Exponential backoff with full jitter, never starting an attempt past the deadline."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_before_delay(deadline_s),
+        wait=wait_random_exponential(multiplier=0.1, max=max_wait_s),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+class OllamaClient:
+    """All of the worker's calls to Ollama; one per event loop, shared by every job on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+        # Keep a warm connection for every job that may run at once, and some for health checks.
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrency * 2 + 8,
+            max_keepalive_connections=settings.max_concurrency + 4,
+        )
+        self._transport = httpx.AsyncHTTPTransport(limits=limits)
+        self.native = ollama.AsyncClient(
+            host=settings.ollama_url, timeout=timeout, transport=self._transport
+        )
+        self.http = httpx.AsyncClient(
+            base_url=settings.ollama_url, timeout=timeout, transport=self._transport
+        )
+
+    async def aclose(self) -> None:
+        """Close the shared pool."""
+        await self.http.aclose()
+        await self.native.close()
+
+    def _error(self, exc: BaseException, *, mid_stream: bool = False) -> WorkerError:
+        return to_worker_error(
+            exc, deadline_s=self.settings.retry_deadline_s, mid_stream=mid_stream
+        )
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run one request with retries; raise a WorkerError when it finally fails."""
+        try:
+            async for try_ in retrying(self.settings.retry_deadline_s):
+                with try_:
+                    return await attempt()
+        except Exception as exc:
+            raise self._error(exc) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def stream(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Yield a stream's items; retry only until its first item has arrived."""
+
+        async def first_item() -> tuple[T, AsyncIterator[T]]:
+            items = open_stream()
+            try:
+                return await anext(items), items
+            except BaseException:
+                await _aclose(items)
+                raise
+
+        first, items = await self.call(first_item)
+        try:
+            yield first
+            while True:
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise self._error(exc, mid_stream=True) from exc
+                yield item
+        finally:
+            await _aclose(items)
+
+    async def chat(self, request: dict[str, Any]) -> ollama.ChatResponse:
+        """One whole `/api/chat` reply."""
+        return await self.call(lambda: self.native.chat(**request, stream=False))
+
+    def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[ollama.ChatResponse]:
+        """`/api/chat` chunks as Ollama sends them."""
+
+        async def open_stream() -> AsyncIterator[ollama.ChatResponse]:
+            async for chunk in await self.native.chat(**request, stream=True):
+                yield chunk
+
+        return self.stream(open_stream)
+
+    async def raw_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A non-streamed request answered with JSON, for routes we pass through verbatim."""
+
+        async def attempt() -> Any:
+            response = await self.http.request(method, path, json=body)
+            _raise_for_status(response)
+            return response.json()
+
+        return await self.call(attempt)
+
+    def raw_lines(self, path: str, body: dict[str, Any]) -> AsyncIterator[str]:
+        """A streamed POST's lines as they arrive, for SSE passthrough."""
+
+        async def open_stream() -> AsyncIterator[str]:
+            async with self.http.stream("POST", path, json=body) as response:
+                if response.is_error:
+                    await response.aread()
+                    _raise_for_status(response)
+                async for line in response.aiter_lines():
+                    yield line
+
+        return self.stream(open_stream)
+
+    async def installed_models(self) -> list[str]:
+        """Names of the models Ollama has on disk."""
+        reply = await self.call(self.native.list)
+        return [m.model for m in reply.models if m.model]
+
+    async def loaded_models(self) -> list[str]:
+        """Names of the models Ollama holds in memory."""
+        reply = await self.call(self.native.ps)
+        return [m.model for m in reply.models if m.model]
+
+    async def version(self) -> str:
+        """Ollama's version string."""
+        reply = await self.raw_json("GET", "/api/version")
+        return str(reply.get("version", ""))
+
+    async def model_not_found(self, model: str) -> WorkerError:
+        """The MODEL_NOT_FOUND error for `model`, naming the models that are installed."""
+        try:
+            installed = ", ".join(sorted(await self.installed_models())) or "none"
+        except WorkerError:
+            installed = "unknown (listing them failed)"
+        return WorkerError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"model '{model}' is not installed; installed models: {installed}",
+        )
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    """Raise the ollama client's own error type for a non-2xx answer, so one policy covers both."""
+    if not response.is_error:
+        return
+    message = response.text
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):  # the OpenAI-compatible routes nest it
+            error = error.get("message")
+        if error:
+            message = str(error)
+    # ResponseError json-parses its text and expects an object: hand it one, whatever the body was.
+    raise ollama.ResponseError(json.dumps({"error": message}), response.status_code)
+
+
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+_clients: dict[asyncio.AbstractEventLoop, OllamaClient] = {}
+
+
+def get_client() -> OllamaClient:
+    """The shared client of the running event loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        # A client is bound to the loop it was made on; drop those of loops that have closed.
+        for old in [old for old in _clients if old.is_closed()]:
+            del _clients[old]
+        client = _clients[loop] = OllamaClient(get_settings())
+    return client

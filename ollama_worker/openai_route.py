@@ -1,0 +1,64 @@
+"""RunPod's OpenAI-compatible route, answered by Ollama's own `/v1` API and passed through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ollama_worker.config import Settings
+from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.ollama_client import OllamaClient
+
+SSE_ERROR_PREFIX = 'data: {"error"'
+
+
+def _content_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts: count their text
+        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return 0
+
+
+def text_chars(body: dict[str, Any]) -> int:
+    """Characters of prompt and message text in an OpenAI-style body, for the input size cap."""
+    messages = body.get("messages")
+    chars = sum(
+        _content_chars(message.get("content"))
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict)
+    )
+    prompt = body.get("prompt")
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    return chars + sum(len(p) for p in prompts if isinstance(p, str))
+
+
+async def run_openai(
+    route: str, body: dict[str, Any] | None, client: OllamaClient, settings: Settings
+) -> AsyncIterator[Any]:
+    """Answer one OpenAI-style request: the JSON body, or SSE events one per yield."""
+    if route == "/v1/models":
+        yield await client.raw_json("GET", route)
+        return
+    body = dict(body or {})
+    body["model"] = body.get("model") or settings.default_model
+    if (chars := text_chars(body)) > settings.max_input_chars:
+        raise WorkerError(
+            ErrorCode.INVALID_INPUT,
+            f"message text is {chars:,} characters; the limit is "
+            f"{settings.max_input_chars:,} (MAX_INPUT_CHARS)",
+        )
+    try:
+        if body.get("stream") is not True:
+            yield await client.raw_json("POST", route, body)
+            return
+        async for line in client.raw_lines(route, body):
+            if not line.startswith("data:"):
+                continue  # event separators, comments, keep-alives
+            if line.startswith(SSE_ERROR_PREFIX):
+                raise WorkerError(ErrorCode.OLLAMA_ERROR, f"Ollama failed mid-stream: {line[6:]}")
+            yield line + "\n\n"
+    except WorkerError as exc:
+        if exc.code is ErrorCode.MODEL_NOT_FOUND:
+            raise await client.model_not_found(str(body["model"])) from exc
+        raise
