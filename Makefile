@@ -1,0 +1,36 @@
+# The project's few commands; see the README. `make setup` once, then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup test lint run dev bench
+
+## Create the virtual environment with the worker's and the tests' requirements.
+setup:
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+
+## Lint everything, run the test suite, then a quick benchmark pass.
+test: lint
+	$(PY) -m pytest
+	$(PY) -m bench --quick --out $(VENV)/bench-quick
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	shellcheck ollama_boot.sh .ci/run
+	hadolint Dockerfile
+
+## Run the worker's local API on :8000 against the Ollama at OLLAMA_HOST.
+run:
+	$(PY) rp_handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+
+## The worker against the stand-in Ollama, for trying it without a GPU.
+dev:
+	$(PY) -m tests.fake_ollama --port 11434 & fake=$$!; \
+	trap 'kill $$fake' EXIT; \
+	OLLAMA_HOST=127.0.0.1:11434 $(PY) rp_handler.py --rp_serve_api --rp_api_port 8000
+
+bench:
+	$(PY) -m bench
