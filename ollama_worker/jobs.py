@@ -13,7 +13,8 @@ from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.health import run_health
 from ollama_worker.ollama_client import get_client
 from ollama_worker.openai_route import run_openai
-from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, parse_job
+from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
+from ollama_worker.vapi import run_vapi
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ async def _answer(raw_input: Any) -> AsyncIterator[Any]:
             yield await run_health(client, settings)
         case OpenAIJob():
             async for item in run_openai(job.openai_route, job.openai_input, client, settings):
+                yield item
+        case VapiWebhookJob():
+            async for item in run_vapi(job, client, settings):
                 yield item
         case _:
             raise WorkerError(ErrorCode.INVALID_INPUT, f"no handler for {type(job).__name__}")

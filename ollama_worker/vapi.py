@@ -1,0 +1,251 @@
+"""The `vapi_webhook` job: answer a VAPI server message or custom-LLM request as VAPI expects.
+
+Output: one item `{"response": <the body VAPI expects>, "message_type", "call_id"}`, which a
+relay returns verbatim; a streamed custom-LLM request instead yields the SSE text events
+(`"data: {...}\\n\\n"` ... `"data: [DONE]\\n\\n"`) one per item, exactly as the OpenAI route
+does, for the relay to stream straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ollama_worker.config import Settings
+from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.ollama_client import OllamaClient
+from ollama_worker.openai_route import run_openai
+from ollama_worker.schemas import VapiWebhookJob
+from ollama_worker.vapi_auth import check_webhook_auth
+from ollama_worker.vapi_tools import call_tool, get_tools, knowledge_base_documents
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are a friendly, helpful voice assistant on a phone call. Everything you write is "
+    "spoken aloud, so answer in one to three short, natural sentences, with no lists, "
+    "markdown, emoji or URLs. If you did not catch something, ask the caller to repeat it."
+)
+RUNPOD_OPENAI_URL = "https://api.runpod.ai/v2/{endpoint_id}/openai/v1"
+NOT_CONFIGURED = "Sorry, this line is not set up to take calls yet. Please try again later."
+NO_TRANSFER = "Sorry, I can't transfer this call right now."
+# The chat-completions fields a model may see; VAPI's extras (call, metadata, customer,
+# phoneNumber, assistant, timestamp...) carry call data the model has no use for.
+OPENAI_CHAT_FIELDS = frozenset(
+    {
+        "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+        "max_completion_tokens", "stop", "seed", "frequency_penalty", "presence_penalty",
+        "response_format", "tools", "tool_choice", "parallel_tool_calls", "logprobs",
+        "top_logprobs", "logit_bias", "n", "user", "reasoning_effort",
+    }
+)  # fmt: skip
+# Logged for informational messages, from the message, else the payload top level (where
+# older end-of-call reports put them).
+LOGGED_FIELDS = ("status", "endedReason", "cost")
+PLAIN = re.compile(r"[\w.:+-]+")
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` if it is a list, else empty: VAPI's payloads are read, never trusted."""
+    return value if isinstance(value, list) else []
+
+
+def _call_id(*sources: dict[str, Any]) -> str | None:
+    """The first `call.id` among the sources, to tie our output and logs to VAPI's call."""
+    for source in sources:
+        call = source.get("call")
+        if isinstance(call, dict) and isinstance(call.get("id"), str):
+            return call["id"]
+    return None
+
+
+def load_json_object(value: str) -> dict[str, Any]:
+    """A JSON object given inline or as the path of a file holding it; raise ValueError."""
+    text = value if value.lstrip().startswith("{") else Path(value).read_text(encoding="utf-8")
+    parsed = json.loads(text)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _json_setting(name: str, value: str) -> dict[str, Any] | None:
+    """The object a JSON setting holds, or None (and a log line) when it is unusable."""
+    try:
+        return load_json_object(value)
+    except (OSError, ValueError) as exc:
+        log.error(
+            "%s is unusable (%s: %s); answering VAPI with an error", name, type(exc).__name__, exc
+        )
+        return None
+
+
+def assistant_response(settings: Settings) -> dict[str, Any]:
+    """The assistant-request answer: from settings only, as VAPI allows 7.5 s in all."""
+    if settings.vapi_assistant_id:
+        return {"assistantId": settings.vapi_assistant_id}
+    if settings.vapi_assistant_json:
+        assistant = _json_setting("VAPI_ASSISTANT_JSON", settings.vapi_assistant_json)
+        return {"error": NOT_CONFIGURED} if assistant is None else {"assistant": assistant}
+    url = settings.vapi_custom_llm_url or (
+        RUNPOD_OPENAI_URL.format(endpoint_id=settings.runpod_endpoint_id)
+        if settings.runpod_endpoint_id
+        else ""
+    )
+    if not url:
+        log.error(
+            "assistant-request: set VAPI_ASSISTANT_ID, VAPI_ASSISTANT_JSON, VAPI_CUSTOM_LLM_URL "
+            "or RUNPOD_ENDPOINT_ID; answering VAPI with an error"
+        )
+        return {"error": NOT_CONFIGURED}
+    model = {
+        "provider": "custom-llm",
+        "url": url,
+        "model": settings.default_model,
+        "messages": [{"role": "system", "content": SYSTEM_PROMPT}],
+        # Without this VAPI adds the large call, customer and phone number objects to every turn.
+        "metadataSendMode": "off",
+    }
+    return {"assistant": {"firstMessage": settings.vapi_first_message, "model": model}}
+
+
+def transfer_response(settings: Settings) -> dict[str, Any]:
+    """The transfer-destination-request answer from VAPI_TRANSFER_DESTINATION."""
+    if not settings.vapi_transfer_destination:
+        log.error("transfer-destination-request: VAPI_TRANSFER_DESTINATION is not set")
+        return {"error": NO_TRANSFER}
+    value = _json_setting("VAPI_TRANSFER_DESTINATION", settings.vapi_transfer_destination)
+    if value is None:
+        return {"error": NO_TRANSFER}
+    # A whole answer (`destination` plus a spoken `message`) is passed as it is.
+    return value if "destination" in value else {"destination": value}
+
+
+def tool_call_list(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls of a tool-calls message, from `toolCallList` or `toolWithToolCallList`."""
+    calls = [call for call in _list(message.get("toolCallList")) if isinstance(call, dict)]
+    if calls:
+        return calls
+    for item in _list(message.get("toolWithToolCallList")):
+        if isinstance(item, dict) and isinstance(item.get("toolCall"), dict):
+            # The item's own name is the fallback for a toolCall that does not repeat it.
+            function = item.get("function") if isinstance(item.get("function"), dict) else {}
+            calls.append({"name": item.get("name") or function.get("name"), **item["toolCall"]})
+    return calls
+
+
+def _name_and_arguments(call: dict[str, Any]) -> tuple[str, Any]:
+    """A call's tool name and raw arguments, wherever this VAPI payload version put them."""
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    name = function.get("name") or call.get("name") or ""
+    for source, key in ((function, "arguments"), (call, "arguments"), (call, "parameters")):
+        if key in source:
+            return str(name), source[key]
+    return str(name), None
+
+
+async def tool_calls_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """One result per tool call, in order; the calls run concurrently."""
+    tools = await get_tools(settings.vapi_tools_module)
+
+    async def one(call: dict[str, Any]) -> dict[str, str]:
+        name, arguments = _name_and_arguments(call)
+        outcome = await call_tool(tools, name, arguments, settings.vapi_tool_timeout_s)
+        return {"name": name, "toolCallId": str(call.get("id") or ""), **outcome}
+
+    return {"results": list(await asyncio.gather(*map(one, tool_call_list(message))))}
+
+
+async def function_call_response(message: dict[str, Any], settings: Settings) -> dict[str, str]:
+    """The legacy function-call answer: always `{"result": text}`, a failure's text included."""
+    # The legacy form has no error field, and the model should still hear why a call failed.
+    function = message.get("functionCall") if isinstance(message.get("functionCall"), dict) else {}
+    name, arguments = _name_and_arguments(function)
+    tools = await get_tools(settings.vapi_tools_module)
+    outcome = await call_tool(tools, name, arguments, settings.vapi_tool_timeout_s)
+    return {"result": outcome.get("result", f"Error: {outcome.get('error')}")}
+
+
+async def knowledge_base_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Documents from the tools module's `knowledge_base(query, messages)` hook, if any."""
+    messages = _list(message.get("messagesOpenAIFormatted")) or _list(message.get("messages"))
+    query = next(
+        (
+            str(turn.get("content") or turn.get("message") or "")
+            for turn in reversed(messages)
+            if isinstance(turn, dict) and turn.get("role") == "user"
+        ),
+        "",
+    )
+    tools = await get_tools(settings.vapi_tools_module)
+    documents = await knowledge_base_documents(tools, query, messages, settings.vapi_tool_timeout_s)
+    return {"documents": documents}
+
+
+def acknowledge(kind: str, call_id: str | None, *sources: dict[str, Any]) -> dict[str, Any]:
+    """Log an informational message in one line and answer `{}`: VAPI needs no more."""
+    fields = {"type": kind, "call_id": call_id or "-"}
+    for key in LOGGED_FIELDS:
+        value = next((s[key] for s in sources if s.get(key) is not None), None)
+        if value is not None:
+            fields[key] = value
+    # JSON-quote anything but plain tokens, so that no value can break the line or fake a field.
+    log.info(
+        "vapi event %s",
+        " ".join(
+            f"{key}={value if PLAIN.fullmatch(str(value)) else json.dumps(value, default=str)}"
+            for key, value in fields.items()
+        ),
+    )
+    return {}
+
+
+async def message_response(
+    message: dict[str, Any], payload: dict[str, Any], call_id: str | None, settings: Settings
+) -> dict[str, Any]:
+    """The body VAPI expects back for a server message, chosen by its `type`."""
+    match kind := message["type"]:
+        case "assistant-request":
+            return assistant_response(settings)
+        case "tool-calls":
+            return await tool_calls_response(message, settings)
+        case "function-call":
+            return await function_call_response(message, settings)
+        case "transfer-destination-request":
+            return transfer_response(settings)
+        case "knowledge-base-request":
+            return await knowledge_base_response(message, settings)
+        case _:
+            return acknowledge(kind, call_id, message, payload)
+
+
+async def run_vapi(
+    job: VapiWebhookJob, client: OllamaClient, settings: Settings
+) -> AsyncIterator[Any]:
+    """Authenticate, then answer the server message or custom-LLM request in `job.payload`."""
+    payload = job.payload
+    check_webhook_auth(settings.vapi_webhook_secret, job.headers, job.raw_body, payload)
+    message = payload.get("message")
+    if isinstance(message, dict) and isinstance(message.get("type"), str):
+        call_id = _call_id(message, payload)
+        response = await message_response(message, payload, call_id, settings)
+        yield {"response": response, "message_type": message["type"], "call_id": call_id}
+        return
+    if not isinstance(payload.get("messages"), list):
+        raise WorkerError(
+            ErrorCode.INVALID_INPUT,
+            "payload is neither a VAPI server message (`message.type`) nor a custom-LLM "
+            "request (`messages`)",
+        )
+    body = {key: value for key, value in payload.items() if key in OPENAI_CHAT_FIELDS}
+    call_id = _call_id(payload)
+    async for item in run_openai("/v1/chat/completions", body, client, settings):
+        # SSE text passes through as it is; the one non-stream body is wrapped like the rest.
+        if isinstance(item, str):
+            yield item
+        else:
+            yield {"response": item, "message_type": "custom-llm", "call_id": call_id}

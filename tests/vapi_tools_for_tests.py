@@ -1,0 +1,60 @@
+"""The tools module the VAPI tests point VAPI_TOOLS_MODULE at: one tool per behaviour tested."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+# Knowledge-base documents, and the arguments the last knowledge_base call received.
+DOCUMENTS = [{"content": "Returns are free within 30 days.", "similarity": 0.9, "uuid": "r1"}]
+seen: dict[str, Any] = {}
+
+
+def echo(text: str, times: int = 1) -> str:
+    """Sync tool returning a string."""
+    return " ".join([text] * times)
+
+
+async def add(a: float, b: float) -> dict[str, float]:
+    """Async tool returning JSON."""
+    await asyncio.sleep(0)
+    return {"sum": a + b}
+
+
+def explode() -> str:
+    """A tool that raises."""
+    raise RuntimeError("the tool broke")
+
+
+def inner_type_error() -> str:
+    """A tool whose own TypeError must not be reported as bad arguments."""
+    return len(5)  # type: ignore[arg-type]
+
+
+def sleep_sync(seconds: float) -> str:
+    """Sync tool that blocks its thread, to show the event loop stays free."""
+    time.sleep(seconds)
+    return "slept"
+
+
+async def sleep_async(seconds: float) -> str:
+    """Async tool that can outlast the tool timeout."""
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def _private() -> str:
+    """Not a tool: the name starts with an underscore."""
+    return "never"
+
+
+def knowledge_base(query: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The knowledge-base hook: records its arguments and returns DOCUMENTS."""
+    seen.update(query=query, messages=messages)
+    return DOCUMENTS
+
+
+# Imported names are not tools, though public and callable.
+dumps = json.dumps
