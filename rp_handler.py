@@ -37,6 +37,10 @@ def main() -> None:
     # wait below so that it overlaps Ollama's own start-up.
     import runpod
 
+    if "--rp_serve_api" in sys.argv:
+        # The local API's FastAPI and uvicorn (0.5 s more), which start() would import late.
+        import runpod.serverless.modules.rp_fastapi
+
     wait_s = os.environ.get("WORKER_WAIT_FOR_OLLAMA_S")
     if wait_s:
         from ollama_worker.boot import BootError, wait_for_ollama
