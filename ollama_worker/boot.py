@@ -191,16 +191,20 @@ def is_installed(model: str, installed: Sequence[str]) -> bool:
     return any(normalise_model(name) == wanted for name in installed)
 
 
+def _not_installed(model: str, installed: Sequence[str]) -> BootError:
+    listing = ", ".join(sorted(installed)) or "none"
+    return BootError(
+        f"model {model!r} is not installed in OLLAMA_MODELS (installed: {listing}); "
+        "bake it into the image (PULL_MODELS / Modelfile) or set OLLAMA_PULL_ON_BOOT=1"
+    )
+
+
 def require_model(base_url: str, model: str) -> list[str]:
     """Raise BootError naming what is installed unless `model` is, so a worker never starts
     with a model it would have to download at job time; returns the installed names."""
     installed = installed_models(base_url)
     if not is_installed(model, installed):
-        listing = ", ".join(sorted(installed)) or "none"
-        raise BootError(
-            f"model {model!r} is not installed in OLLAMA_MODELS (installed: {listing}); "
-            "bake it into the image (PULL_MODELS / Modelfile) or set OLLAMA_PULL_ON_BOOT=1"
-        )
+        raise _not_installed(model, installed)
     return installed
 
 
@@ -248,7 +252,7 @@ def _ready(
     installed = installed_models(base_url)
     if not is_installed(model, installed):
         if not pull_on_boot:
-            require_model(base_url, model)  # raises, naming what is installed
+            raise _not_installed(model, installed)
         _log(f"{model} is not installed; pulling it (OLLAMA_PULL_ON_BOOT=1)")
         pull(base_url, model)
         require_model(base_url, model)

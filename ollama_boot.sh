@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Container entry point of the RunPod Ollama worker.
+#
+#   ollama_boot.sh [HANDLER ARGS...]  run: start `ollama serve` and the handler side by side,
+#                                     check and preload DEFAULT_MODEL, then serve jobs
+#   ollama_boot.sh bake               image build: pull PULL_MODELS, create DEFAULT_MODEL
+#                                     from the Modelfile, stop the server
+#
+# Run mode exits non-zero when Ollama does not come up, the model is missing or Ollama dies
+# later (so RunPod replaces the worker); it exits with the handler's status if that ends.
+# SIGTERM/SIGINT stop everything it started within 10 s.
+set -euo pipefail
+
+worker_dir=${WORKER_DIR:-$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)}
+python=${PYTHON:-python3}
+boot_timeout=${OLLAMA_BOOT_TIMEOUT_S:-120}
+default_model=${DEFAULT_MODEL:-voice-assistant}
+pull_on_boot=${OLLAMA_PULL_ON_BOOT:-}
+modelfile=${MODELFILE:-$worker_dir/Modelfile}
+# TERM -> KILL grace for the children; with the log prefixer's 2 s at most after it, a stop
+# fits the 10 s a container gets between SIGTERM and SIGKILL.
+stop_grace_s=${BOOT_STOP_GRACE_S:-6}
+# The boot helper is imported as `ollama_worker.boot` whatever the working directory.
+export PYTHONPATH="$worker_dir${PYTHONPATH:+:$PYTHONPATH}"
+
+# setsid gives a background child its own session and process group; it does so in place
+# (no fork) because a job of a non-interactive shell never leads a group, so $! stays the
+# child's pid. Without setsid, children are stopped one by one.
+detach=()
+if command -v setsid >/dev/null; then detach=(setsid); fi
+
+ollama_pid=''
+prefix_pid=''
+handler_pid=''
+boot_pid=''
+
+log() { printf 'ollama_boot: %s\n' "$*" >&2; }
+
+# `ollama serve` and the handler each lead their own process group (see `detach`), so a
+# signal to the group also reaches what they spawned: Ollama's runners, or the probe that
+# py-cpuinfo forks while runpod is imported. Other pids are signalled alone.
+signal_tree() {
+  kill -"$1" -- "-$2" 2>/dev/null || kill -"$1" "$2" 2>/dev/null
+}
+
+# True while any of the given processes (or their groups) runs; bash reaps its children
+# as they exit, so a finished child no longer counts.
+any_alive() {
+  local pid
+  for pid in "$@"; do
+    if [[ -n $pid ]] && signal_tree 0 "$pid"; then return 0; fi
+  done
+  return 1
+}
+
+# Wait up to $1 seconds for the given processes to end.
+wait_for_exit() {
+  local ticks=0 limit=$(($1 * 10))
+  shift
+  while any_alive "$@" && ((ticks < limit)); do
+    sleep 0.1
+    ticks=$((ticks + 1))
+  done
+}
+
+# TERM the given processes, wait up to $1 seconds, KILL whatever is left, reap them all.
+stop_pids() {
+  local grace=$1 pid
+  shift
+  for pid in "$@"; do
+    if [[ -n $pid ]]; then signal_tree TERM "$pid" || true; fi
+  done
+  wait_for_exit "$grace" "$@"
+  for pid in "$@"; do
+    if [[ -n $pid ]] && signal_tree 0 "$pid"; then
+      log "pid $pid (or its group) ignored SIGTERM for ${grace} s; killing it"
+      signal_tree KILL "$pid" || true
+    fi
+  done
+  for pid in "$@"; do
+    if [[ -n $pid ]]; then wait "$pid" 2>/dev/null || true; fi
+  done
+}
+
+stop_all() {
+  # The handler, the boot helper and Ollama stop side by side: a serial stop could need
+  # twice the grace and overrun the container's 10 s.
+  stop_pids "$stop_grace_s" "$handler_pid" "$boot_pid" "$ollama_pid"
+  handler_pid='' boot_pid='' ollama_pid=''
+  # The prefixer ends by itself once Ollama's output closes, after its last lines; the
+  # stop covers an orphaned runner still holding the pipe.
+  wait_for_exit 1 "$prefix_pid"
+  stop_pids 1 "$prefix_pid"
+  prefix_pid=''
+}
+
+on_exit() {
+  local status=$?
+  trap '' TERM INT
+  stop_all || true
+  exit "$status"
+}
+
+on_signal() {
+  trap '' TERM INT
+  log "got SIG$1; stopping the handler and Ollama"
+  stop_all || true
+  trap - EXIT
+  exit "$2"
+}
+
+trap on_exit EXIT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal INT 130' INT
+
+# Start `ollama serve` in the background with every output line prefixed "[ollama] ".
+start_ollama() {
+  local log_fd
+  # The prefixer ignores SIGINT so a Ctrl-C to the whole group does not cut off
+  # Ollama's shutdown lines; it ends at EOF or by stop_all.
+  exec {log_fd}> >(trap '' INT && exec sed -u 's/^/[ollama] /' >&2)
+  prefix_pid=$!
+  "${detach[@]}" ollama serve >&"$log_fd" 2>&1 &
+  ollama_pid=$!
+  # Only Ollama may hold the pipe, or the prefixer would never see EOF.
+  exec {log_fd}>&-
+  log "started ollama serve (pid $ollama_pid) on ${OLLAMA_HOST:-127.0.0.1:11434}"
+}
+
+bake() {
+  local models model pull_models skip_create=''
+  start_ollama
+  "$python" -m ollama_worker.boot wait --pid "$ollama_pid" >/dev/null
+  pull_models=${PULL_MODELS:-llama3.1:8b}
+  # PULL_MODELS is space or comma separated.
+  read -r -a models <<<"${pull_models//,/ }"
+  for model in "${models[@]}"; do
+    log "pulling $model"
+    ollama pull "$model" </dev/null
+    if [[ $model == "$default_model" || $model:latest == "$default_model" ||
+      $model == "$default_model:latest" ]]; then
+      skip_create=1
+    fi
+  done
+  if [[ -n $skip_create ]]; then
+    log "DEFAULT_MODEL $default_model is one of PULL_MODELS; using it as pulled"
+  else
+    log "creating $default_model from $modelfile"
+    ollama create "$default_model" -f "$modelfile" </dev/null
+  fi
+  "$python" -m ollama_worker.boot check "$default_model"
+  stop_pids "$stop_grace_s" "$ollama_pid"
+  ollama_pid=''
+  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama}"
+}
+
+start_handler() {
+  WORKER_WAIT_FOR_OLLAMA_S=${WORKER_WAIT_FOR_OLLAMA_S:-$boot_timeout} \
+    "${detach[@]}" "$python" "$worker_dir/rp_handler.py" "$@" &
+  handler_pid=$!
+  log "started the handler (pid $handler_pid)"
+}
+
+run() {
+  local done_pid status defer_handler=''
+  start_ollama
+  # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
+  # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
+  # arrives during the load simply waits inside Ollama. A pull on boot is the exception:
+  # until it ends the model does not exist, so the handler starts after it.
+  case ${pull_on_boot,,} in
+  1 | true | yes | on) defer_handler=1 ;;
+  *) start_handler "$@" ;;
+  esac
+  "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+  boot_pid=$!
+
+  while :; do
+    status=0
+    done_pid=''
+    # `wait` (unlike a foreground command) lets the TERM/INT traps run at once.
+    wait -n -p done_pid ${handler_pid:+"$handler_pid"} "$ollama_pid" ${boot_pid:+"$boot_pid"} ||
+      status=$?
+    if [[ -z $done_pid ]]; then
+      log "lost track of the worker processes (wait status $status)"
+      exit 1
+    elif [[ $done_pid == "$boot_pid" ]]; then
+      boot_pid=''
+      if ((status != 0)); then
+        log "boot failed (see the boot: line above); stopping the worker"
+        exit 1
+      fi
+      log "ready: $default_model is loaded"
+      if [[ -n $defer_handler ]]; then start_handler "$@"; fi
+    elif [[ $done_pid == "$ollama_pid" ]]; then
+      ollama_pid=''
+      log "ollama serve exited with status $status; stopping the worker"
+      exit $((status == 0 ? 1 : status))
+    else
+      handler_pid=''
+      log "handler exited with status $status; stopping Ollama"
+      exit "$status"
+    fi
+  done
+}
+
+if [[ ${1-} == bake ]]; then
+  shift
+  bake "$@"
+else
+  run "$@"
+fi
