@@ -1,0 +1,51 @@
+"""A relay between VAPI's Server URL and a RunPod endpoint running this worker.
+
+VAPI wants the bare answer body back; RunPod wants its API key and wraps the output. This
+turns each VAPI POST into a `vapi_webhook` job on `/runsync` and returns `response` verbatim.
+
+    RUNPOD_ENDPOINT_ID=... RUNPOD_API_KEY=... uvicorn examples.vapi_relay:app --port 8080
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+# The headers VAPI authenticates with; the worker checks them against VAPI_WEBHOOK_SECRET.
+FORWARDED = ("x-vapi-secret", "authorization", "x-signature", "x-timestamp")
+
+app = FastAPI()
+
+
+def runsync_url() -> str:
+    """The endpoint's `/runsync`; RUNPOD_RUNSYNC_URL overrides it (a local worker, a test)."""
+    endpoint_id = os.environ.get("RUNPOD_ENDPOINT_ID", "")
+    return os.environ.get("RUNPOD_RUNSYNC_URL") or f"https://api.runpod.ai/v2/{endpoint_id}/runsync"
+
+
+@app.post("/vapi")
+async def vapi(request: Request) -> JSONResponse:
+    """Answer one VAPI server message through the worker."""
+    raw = (await request.body()).decode()
+    job = {
+        "type": "vapi_webhook",
+        "payload": json.loads(raw),
+        "raw_body": raw,
+        "headers": {k: v for k, v in request.headers.items() if k in FORWARDED},
+    }
+    api_key = os.environ.get("RUNPOD_API_KEY")
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # a local worker needs none
+    # VAPI gives up on assistant-request after 7.5 s; tool calls may take longer.
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = (await client.post(runsync_url(), json={"input": job}, headers=auth)).json()
+    output = reply.get("output") or [{"error": f"job {reply.get('status')} with no output"}]
+    # A deployed endpoint fails the job; the local API keeps the error item in `output`.
+    error = reply.get("error") or output[-1].get("error")
+    if error:
+        status = 401 if str(error).startswith("UNAUTHORIZED") else 502
+        return JSONResponse({"error": str(error)}, status_code=status)
+    return JSONResponse(output[0]["response"])
