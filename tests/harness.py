@@ -27,7 +27,14 @@ def free_port() -> int:
 class WorkerProcess:
     """`python rp_handler.py --rp_serve_api` on a free port, with its log kept in a file."""
 
-    def __init__(self, env: dict[str, str], *, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        script: str = "rp_handler.py",
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        self.script = script
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
@@ -41,7 +48,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "rp_handler.py",
+                self.script,
                 "--rp_serve_api",
                 "--rp_api_host",
                 "127.0.0.1",
@@ -57,7 +64,7 @@ class WorkerProcess:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.script} exited {self.process.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/docs", timeout=0.5).status_code < 500:
                     return self
@@ -65,7 +72,7 @@ class WorkerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"worker silent for {self.startup_timeout_s} s:\n{self.log()}")
+        raise RuntimeError(f"{self.script} silent for {self.startup_timeout_s} s:\n{self.log()}")
 
     def runsync(self, job_input: Any) -> dict[str, Any]:
         """POST one job to `/runsync` and return the JSON answer."""
@@ -79,12 +86,17 @@ class WorkerProcess:
         assert answer["status"] == "COMPLETED", answer
         return answer["output"]
 
+    @property
+    def log_path(self) -> Path:
+        """The file the worker's output goes to."""
+        return Path(self._log.name)
+
     def log(self) -> str:
         """Everything the worker has printed so far."""
-        return Path(self._log.name).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> None:
-        """Stop the worker and its process group."""
+    def stop(self, *, keep_log: bool = False) -> None:
+        """Stop the worker and its process group; remove its log unless asked to keep it."""
         self.http.close()
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -94,6 +106,8 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

@@ -169,7 +169,7 @@ def test_busy_past_the_deadline_and_slow_replies(fake: FakeOllama) -> None:
         slow = error_of(impatient.output({"prompt": "hi"}))
         assert slow.startswith("TIMEOUT: Ollama did not answer in time")
         assert time.monotonic() - started < 1 + 0.5 + 2  # deadline + one attempt + margin
-        assert "Traceback" not in impatient.log() or "crashed" not in impatient.log()
+        assert " crashed" not in impatient.log()  # coded failures, not INTERNAL ones
 
 
 def test_unreachable_ollama_and_a_late_start() -> None:
