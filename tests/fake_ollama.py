@@ -1533,7 +1533,7 @@ class FakeOllama:
             self._count("faults_served")
         first_ns = None
         response: web.StreamResponse | None = None
-        written: list[float] = []  # time.monotonic() of each token chunk written
+        written: list[float] = []  # time.monotonic() as each token chunk is written
         for index, (kind, value) in enumerate(steps):
             delay = cfg.first_token_delay_s if index == 0 else cfg.token_delay_s
             await asyncio.sleep(delay)
@@ -1541,8 +1541,9 @@ class FakeOllama:
             if renderer.stream:
                 if response is None:
                     response = await self._open_stream(request, renderer)
-                await response.write(renderer.step(kind, value))
-                written.append(time.monotonic())
+                chunk = renderer.step(kind, value)
+                written.append(time.monotonic())  # as the chunk goes to the socket
+                await response.write(chunk)
         if written:
             with self._lock:
                 self._stats["stream_token_times"].append(written)
@@ -2070,9 +2071,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seconds_since_process_start() -> float:
+    """How long this process has existed (0 where /proc cannot tell)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            # Fields after "pid (comm)": the 20th of them is the start time, in clock ticks.
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    started = start_ticks / os.sysconf("SC_CLK_TCK")
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+
+
 def run_process(host: str, port: int, changes: Mapping[str, Any]) -> int:
     """Serve until SIGTERM/SIGINT (exit 0); crash options exit 1."""
     server = FakeOllama(host=host, port=port, log_requests=True, **changes)
+    # A real `ollama serve` binds start_delay_s after it is exec'd: count our own Python
+    # start-up (imports take 0.3-0.7 s) as part of that delay, not on top of it.
+    delay = server.config().start_delay_s
+    server.configure(start_delay_s=max(0.0, delay - seconds_since_process_start()))
     cfg = server.config()
     if cfg.crash_on_start:
         _log("ERROR", "fake ollama crashing on start (crash_on_start)", source="server.go:1")

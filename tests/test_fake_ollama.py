@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime
@@ -807,7 +808,8 @@ def test_process_failure_switches(tmp_path: Path) -> None:
     sick_env = child_env(OLLAMA_HOST=f"127.0.0.1:{sick_port}", FAKE_OLLAMA_NEVER_HEALTHY="1")
     dying_env = child_env(
         OLLAMA_HOST=f":{dying_port}",
-        FAKE_OLLAMA_START_DELAY="0.6",
+        # Counted from exec: longer than the stand-in's own imports (up to ~0.7 s).
+        FAKE_OLLAMA_START_DELAY="1.5",
         FAKE_OLLAMA_CRASH_AFTER_S="0.3",
     )
     crash_env = child_env(FAKE_OLLAMA_CRASH_ON_START="1")
@@ -908,3 +910,25 @@ def test_cli_runs_as_python_script_from_elsewhere(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0
     assert "Warning: client version is 0.12.6" in result.stdout
+
+
+def test_stop_leaves_no_thread_behind() -> None:
+    before = set(threading.enumerate())
+    with FakeOllama() as fake:
+        assert httpx.get(fake.url).status_code == 200
+        started = set(threading.enumerate()) - before
+    assert started, "the stand-in serves from a thread of its own"
+    assert not [thread for thread in started if thread.is_alive()]
+
+
+def test_process_age_counts_from_exec() -> None:
+    # Process mode subtracts this from start_delay_s, so a stand-in listens start_delay_s
+    # after exec however long its own imports took, as a real `ollama serve` would.
+    code = (
+        "import time; time.sleep(0.5); "
+        "from tests.fake_ollama import seconds_since_process_start as age; print(age())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert 0.5 <= float(done.stdout) < 10
