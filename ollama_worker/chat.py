@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import ollama
@@ -102,19 +103,21 @@ async def run_chat(
                 "timings": timings(reply),
             }
             return
-        async for chunk in client.chat_stream(request):
-            if chunk.done:
-                yield {
-                    "done": True,
-                    "model": chunk.model,
-                    "done_reason": chunk.done_reason,
-                    "usage": usage(chunk),
-                    "timings": timings(chunk),
-                }
-                return
-            message = assistant_message(chunk.message)
-            if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
-                yield {"message": message, "done": False}
+        # Closed on any way out, so the connection goes back to the pool at once.
+        async with aclosing(client.chat_stream(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.done:
+                    yield {
+                        "done": True,
+                        "model": chunk.model,
+                        "done_reason": chunk.done_reason,
+                        "usage": usage(chunk),
+                        "timings": timings(chunk),
+                    }
+                    return
+                message = assistant_message(chunk.message)
+                if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
+                    yield {"message": message, "done": False}
     except WorkerError as exc:
         if exc.code is ErrorCode.MODEL_NOT_FOUND:
             raise await client.model_not_found(request["model"]) from exc

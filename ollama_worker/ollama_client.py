@@ -177,8 +177,12 @@ class OllamaClient:
         """`/api/chat` chunks as Ollama sends them."""
 
         async def open_stream() -> AsyncIterator[ollama.ChatResponse]:
-            async for chunk in await self.native.chat(**request, stream=True):
-                yield chunk
+            # Leaving `async for` early does not close the client's generator, whose
+            # `async with` holds the connection: close it here, not when it is collected.
+            chunks = await self.native.chat(**request, stream=True)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
 
         return self.stream(open_stream)
 

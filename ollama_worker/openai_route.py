@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.config import Settings
@@ -52,12 +53,14 @@ async def run_openai(
         if body.get("stream") is not True:
             yield await client.raw_json("POST", route, body)
             return
-        async for line in client.raw_lines(route, body):
-            if not line.startswith("data:"):
-                continue  # event separators, comments, keep-alives
-            if line.startswith(SSE_ERROR_PREFIX):
-                raise WorkerError(ErrorCode.OLLAMA_ERROR, f"Ollama failed mid-stream: {line[6:]}")
-            yield line + "\n\n"
+        async with aclosing(client.raw_lines(route, body)) as lines:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # event separators, comments, keep-alives
+                if line.startswith(SSE_ERROR_PREFIX):
+                    message = f"Ollama failed mid-stream: {line[6:]}"
+                    raise WorkerError(ErrorCode.OLLAMA_ERROR, message)
+                yield line + "\n\n"
     except WorkerError as exc:
         if exc.code is ErrorCode.MODEL_NOT_FOUND:
             raise await client.model_not_found(str(body["model"])) from exc

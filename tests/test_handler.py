@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import rp_handler
 from ollama_worker import jobs
 from ollama_worker.config import get_settings
+from ollama_worker.ollama_client import get_client
 from tests.fake_ollama import FakeOllama
 from tests.harness import ROOT
 
@@ -172,3 +173,28 @@ def test_any_input_gives_a_reply_or_a_coded_error(runner: asyncio.Runner, job_in
         assert isinstance(last["error"], str)
         assert CODED_ERROR.match(last["error"]), last["error"]
         assert not last["error"].startswith("INTERNAL"), last["error"]
+
+
+@pytest.mark.parametrize(
+    "job_input",
+    [
+        {"prompt": "a b c", "stream": True},
+        {
+            "openai_route": "/v1/chat/completions",
+            "openai_input": {"messages": [{"role": "user", "content": "a b c"}], "stream": True},
+        },
+    ],
+    ids=["chat", "openai"],
+)
+def test_a_finished_stream_hands_its_connection_back_at_once(
+    runner: asyncio.Runner, fake: FakeOllama, job_input: dict[str, Any]
+) -> None:
+    async def busy_connections_after(job: dict[str, Any]) -> int:
+        async for _item in rp_handler.handler({"id": "t", "input": job}):
+            pass
+        pool = get_client().http._transport._pool  # type: ignore[attr-defined]
+        return sum(not connection.is_idle() for connection in pool.connections)
+
+    assert runner.run(busy_connections_after(job_input)) == 0
+    fake.configure(fail_next=[{"midstream_error": "boom", "after_tokens": 1}])
+    assert runner.run(busy_connections_after(job_input)) == 0
