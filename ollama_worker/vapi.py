@@ -9,8 +9,10 @@ does, for the relay to stream straight through.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +28,10 @@ from ollama_worker.vapi_tools import call_tool, get_tools, knowledge_base_docume
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = (
-    "You are a friendly, helpful voice assistant on a phone call. Everything you write is "
-    "spoken aloud, so answer in one to three short, natural sentences, with no lists, "
-    "markdown, emoji or URLs. If you did not catch something, ask the caller to repeat it."
-)
+# The Modelfile's SYSTEM prompt is the one voice of the assistant, also sent by VAPI's
+# built-in assistant (whose DEFAULT_MODEL need not have been built from the Modelfile).
+MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
+MODELFILE_SYSTEM = re.compile(r'^SYSTEM\s+(?:"""(.*?)"""|(.+?))\s*$', re.MULTILINE | re.DOTALL)
 RUNPOD_OPENAI_URL = "https://api.runpod.ai/v2/{endpoint_id}/openai/v1"
 NOT_CONFIGURED = "Sorry, this line is not set up to take calls yet. Please try again later."
 NO_TRANSFER = "Sorry, I can't transfer this call right now."
@@ -53,6 +54,17 @@ PLAIN = re.compile(r"[\w.:+-]+")
 def _list(value: Any) -> list[Any]:
     """`value` if it is a list, else empty: VAPI's payloads are read, never trusted."""
     return value if isinstance(value, list) else []
+
+
+@functools.cache
+def system_prompt(modelfile: str) -> str | None:
+    """The SYSTEM prompt of the Modelfile at that path, or None when it has none."""
+    try:
+        match = MODELFILE_SYSTEM.search(Path(modelfile).read_text(encoding="utf-8"))
+    except OSError:
+        log.warning("no Modelfile at %s: the built-in assistant sends no system prompt", modelfile)
+        return None
+    return (match.group(1) or match.group(2)).strip() if match else None
 
 
 def _call_id(*sources: dict[str, Any]) -> str | None:
@@ -102,14 +114,15 @@ def assistant_response(settings: Settings) -> dict[str, Any]:
             "or RUNPOD_ENDPOINT_ID; answering VAPI with an error"
         )
         return {"error": NOT_CONFIGURED}
-    model = {
+    model: dict[str, Any] = {
         "provider": "custom-llm",
         "url": url,
         "model": settings.default_model,
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}],
         # Without this VAPI adds the large call, customer and phone number objects to every turn.
         "metadataSendMode": "off",
     }
+    if prompt := system_prompt(os.environ.get("MODELFILE") or str(MODELFILE)):
+        model["messages"] = [{"role": "system", "content": prompt}]
     return {"assistant": {"firstMessage": settings.vapi_first_message, "model": model}}
 
 

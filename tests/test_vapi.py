@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 import tests.vapi_tools_for_tests as test_tools
 from ollama_worker.config import get_settings
-from ollama_worker.vapi import SYSTEM_PROMPT
+from ollama_worker.vapi import MODELFILE, system_prompt
 from ollama_worker.vapi_auth import check_webhook_auth
 from ollama_worker.vapi_tools import load_tools
 from rp_handler import handler
@@ -156,6 +156,10 @@ async def test_built_in_assistant_uses_our_model(
 ) -> None:
     env(DEFAULT_MODEL="voice-assistant", VAPI_FIRST_MESSAGE="Hi, this is Ada.", **extra)
     response = (await answer(load("assistant_request")))["response"]
+    prompt = system_prompt(str(MODELFILE))
+    assert prompt is not None
+    assert prompt.startswith("You are a friendly voice assistant on a phone call.")
+    assert prompt.endswith("When a tool can answer, call it instead of guessing.")
     assert response == {
         "assistant": {
             "firstMessage": "Hi, this is Ada.",
@@ -163,11 +167,21 @@ async def test_built_in_assistant_uses_our_model(
                 "provider": "custom-llm",
                 "url": url,
                 "model": "voice-assistant",
-                "messages": [{"role": "system", "content": SYSTEM_PROMPT}],
+                "messages": [{"role": "system", "content": prompt}],
                 "metadataSendMode": "off",
             },
         }
     }
+
+
+def test_system_prompt_forms(tmp_path: Path) -> None:
+    one_line = tmp_path / "one"
+    one_line.write_text("FROM llama3.1:8b\nSYSTEM Speak briefly.\nPARAMETER num_ctx 4096\n")
+    assert system_prompt(str(one_line)) == "Speak briefly."
+    absent = tmp_path / "absent"
+    absent.write_text("FROM llama3.1:8b\n")
+    assert system_prompt(str(absent)) is None
+    assert system_prompt(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize(
