@@ -21,7 +21,12 @@ from typing import Any
 
 import httpx
 
-TESTS_JSON = Path(__file__).resolve().parent.parent / ".runpod" / "tests.json"
+REPO = Path(__file__).resolve().parent.parent
+# The worker's own rule for "is this model installed" (standard library only, fast to import).
+sys.path.insert(0, str(REPO))
+from ollama_worker.boot import is_installed  # noqa: E402
+
+TESTS_JSON = REPO / ".runpod" / "tests.json"
 RUNPOD_API = "https://api.runpod.ai/v2"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 # Deployed /runsync answers IN_QUEUE/IN_PROGRESS when a job outlives its wait; then poll.
@@ -58,11 +63,6 @@ def _content(item: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _model_key(name: str) -> str:
-    name = name.strip().casefold()
-    return name if ":" in name.rpartition("/")[2] else f"{name}:latest"
-
-
 def check_chat(items: Sequence[Any], _default_model: str) -> str:
     """A non-stream chat answers one item whose message.content is not empty."""
     if len(items) != 1:
@@ -89,7 +89,7 @@ def check_health(items: Sequence[Any], default_model: str) -> str:
     wanted = str(health.get("default_model") or default_model)
     models = health.get("models")
     names = [m.get("name") or m.get("model") if isinstance(m, dict) else m for m in models or []]
-    if not any(isinstance(n, str) and _model_key(n) == _model_key(wanted) for n in names):
+    if not is_installed(wanted, [n for n in names if isinstance(n, str)]):
         raise SmokeFailure(f"default model {wanted!r} not in models {names!r}")
     return f"ollama {health.get('ollama_version')}, models {names}"
 
