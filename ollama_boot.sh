@@ -8,7 +8,8 @@
 #
 # Run mode exits non-zero when Ollama does not come up, the model is missing or Ollama dies
 # later (so RunPod replaces the worker); it exits with the handler's status if that ends.
-# SIGTERM/SIGINT stop everything it started within 10 s.
+# SIGTERM/SIGINT: the handler takes no more jobs and finishes those in flight, then Ollama
+# stops; everything it started is gone within 10 s.
 set -euo pipefail
 
 worker_dir=${WORKER_DIR:-$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)}
@@ -17,9 +18,12 @@ boot_timeout=${OLLAMA_BOOT_TIMEOUT_S:-120}
 default_model=${DEFAULT_MODEL:-voice-assistant}
 pull_on_boot=${OLLAMA_PULL_ON_BOOT:-}
 modelfile=${MODELFILE:-$worker_dir/Modelfile}
-# TERM -> KILL grace for the children; with the log prefixer's 2 s at most after it, a stop
-# fits the 10 s a container gets between SIGTERM and SIGKILL.
-stop_grace_s=${BOOT_STOP_GRACE_S:-6}
+# On SIGTERM the handler stops taking jobs and gives those in flight WORKER_STOP_GRACE_S to
+# finish and report (it fails the rest itself); it gets one second more before SIGKILL. Only
+# then is Ollama stopped, with its own TERM -> KILL grace. 5 + 1 + 2, and at most 1 s for the
+# log prefixer, fit the 10 s a container gets between SIGTERM and SIGKILL.
+job_grace_s=${WORKER_STOP_GRACE_S:-5}
+stop_grace_s=${BOOT_STOP_GRACE_S:-2}
 # The boot helper is imported as `ollama_worker.boot` whatever the working directory.
 export PYTHONPATH="$worker_dir${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -53,9 +57,10 @@ any_alive() {
   return 1
 }
 
-# Wait up to $1 seconds for the given processes to end.
+# Wait up to $1 seconds (a decimal) for the given processes to end.
 wait_for_exit() {
-  local ticks=0 limit=$(($1 * 10))
+  local ticks=0 limit
+  limit=$(awk -v s="$1" 'BEGIN { printf "%d", s * 10 }')
   shift
   while any_alive "$@" && ((ticks < limit)); do
     sleep 0.1
@@ -83,10 +88,13 @@ stop_pids() {
 }
 
 stop_all() {
-  # The handler, the boot helper and Ollama stop side by side: a serial stop could need
-  # twice the grace and overrun the container's 10 s.
-  stop_pids "$stop_grace_s" "$handler_pid" "$boot_pid" "$ollama_pid"
-  handler_pid='' boot_pid='' ollama_pid=''
+  # The handler first, while Ollama still answers, so the jobs in flight can finish.
+  if [[ -n $handler_pid ]]; then
+    stop_pids "$(awk -v g="$job_grace_s" 'BEGIN { print g + 1 }')" "$handler_pid"
+    handler_pid=''
+  fi
+  stop_pids "$stop_grace_s" "$boot_pid" "$ollama_pid"
+  boot_pid='' ollama_pid=''
   # The prefixer ends by itself once Ollama's output closes, after its last lines; the
   # stop covers an orphaned runner still holding the pipe.
   wait_for_exit 1 "$prefix_pid"
@@ -103,7 +111,7 @@ on_exit() {
 
 on_signal() {
   trap '' TERM INT
-  log "got SIG$1; stopping the handler and Ollama"
+  log "got SIG$1; stopping the handler (jobs in flight get ${job_grace_s} s), then Ollama"
   stop_all || true
   trap - EXIT
   exit "$2"

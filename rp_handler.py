@@ -6,14 +6,16 @@ when the worker starts or a job runs.
 
 from __future__ import annotations
 
-import logging
+import concurrent.futures
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ollama_worker.config import ConfigError, get_settings
+from ollama_worker.config import ConfigError, Settings, get_settings
 from ollama_worker.jobs import run_job
+from ollama_worker.log_setup import configure_logging
 
 
 async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
@@ -22,33 +24,63 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
         yield item
 
 
+def deployed() -> bool:
+    """Whether the SDK will run its production job loop rather than a local API or test job."""
+    local_flags = ("--rp_serve_api", "--test_input")
+    if any(arg.split("=")[0] in local_flags for arg in sys.argv[1:]):
+        return False
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) and not os.environ.get(
+        "RUNPOD_REALTIME_PORT"
+    )
+
+
+def wait_for_ollama_in_background(
+    settings: Settings, timeout_s: float
+) -> concurrent.futures.Future[None]:
+    """Wait for Ollama on a thread of its own, so the SDK's imports and checks overlap it."""
+    from ollama_worker.boot import wait_for_ollama
+
+    ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def wait() -> None:
+        try:
+            wait_for_ollama(settings.ollama_url, timeout_s=timeout_s)
+        except Exception as exc:
+            ready.set_exception(exc)
+        else:
+            ready.set_result(None)
+
+    # A daemon, so that a stop during boot does not wait for it.
+    threading.Thread(target=wait, name="wait-for-ollama", daemon=True).start()
+    return ready
+
+
 def main() -> None:
     """Check the settings, wait for Ollama when the boot script asks us to, then serve jobs."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        configure_logging()
         settings = get_settings()
-    except ConfigError as exc:
+        wait_s = float(os.environ.get("WORKER_WAIT_FOR_OLLAMA_S") or 0)
+    except (ConfigError, ValueError) as exc:
         sys.exit(f"rp_handler: bad configuration: {exc}")
 
-    # About 1.5 s of imports, paid only when the worker really starts, and before the
-    # wait below so that it overlaps Ollama's own start-up.
+    ready = wait_for_ollama_in_background(settings, wait_s) if wait_s else None
+    # About 1.5 s of imports, paid only when the worker really starts, while Ollama starts.
     import runpod
 
-    if "--rp_serve_api" in sys.argv:
-        # The local API's FastAPI and uvicorn (0.5 s more), which start() would import late.
-        import runpod.serverless.modules.rp_fastapi
+    if deployed():
+        from ollama_worker import job_loop
 
-    wait_s = os.environ.get("WORKER_WAIT_FOR_OLLAMA_S")
-    if wait_s:
-        from ollama_worker.boot import BootError, wait_for_ollama
-
-        try:
-            wait_for_ollama(settings.ollama_url, timeout_s=float(wait_s))
-        except (BootError, ValueError) as exc:
-            sys.exit(f"rp_handler: {exc}")
+        job_loop.install(ready=ready, stop_grace_s=settings.stop_grace_s)
+    else:
+        if "--rp_serve_api" in sys.argv:
+            # The local API's FastAPI and uvicorn (0.5 s more), which start() would import late.
+            import runpod.serverless.modules.rp_fastapi
+        if ready is not None:
+            try:
+                ready.result()
+            except Exception as exc:
+                sys.exit(f"rp_handler: {exc}")
 
     runpod.serverless.start(
         {

@@ -87,6 +87,33 @@ def assistant_message(message: ollama.Message) -> dict[str, Any]:
     return out
 
 
+def merge_messages(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two pieces of one assistant message as one: texts joined, tool calls kept in order."""
+    merged = {**first, "content": first.get("content", "") + second.get("content", "")}
+    if "thinking" in first or "thinking" in second:
+        merged["thinking"] = first.get("thinking", "") + second.get("thinking", "")
+    if "tool_calls" in first or "tool_calls" in second:
+        merged["tool_calls"] = [*first.get("tool_calls", []), *second.get("tool_calls", [])]
+    return merged
+
+
+def merge_stream_items(first: Any, second: Any) -> dict[str, Any] | None:
+    """A stream piece and the piece (or final summary) after it as one item; None if they can't be.
+
+    The summary can take the last piece's `message` with it, so that the end of a stream
+    costs one POST, not two; nothing merges after the summary, nor with an error.
+    """
+    if not (isinstance(first, dict) and isinstance(second, dict)):
+        return None
+    if first.get("done") is not False or "message" not in first or "error" in second:
+        return None
+    if second.get("done") is False and "message" in second:
+        return {"message": merge_messages(first["message"], second["message"]), "done": False}
+    if second.get("done") is True and "message" not in second:
+        return {"message": first["message"], **second}
+    return None
+
+
 async def run_chat(
     job: ChatJob, client: OllamaClient, settings: Settings
 ) -> AsyncIterator[dict[str, Any]]:

@@ -683,7 +683,8 @@ def test_sigint_stops_everything_during_boot(make_boot: Any) -> None:
 
 def test_sigterm_kills_what_ignores_it(make_boot: Any, tmp_path: Path) -> None:
     # A handler that ignores SIGTERM and leaves a child of its own: both must be gone
-    # after the grace (1 s here instead of 6 s), without waiting for the child's sleep.
+    # after its grace (WORKER_STOP_GRACE_S + 1 s: 1 s here instead of 6 s), without waiting
+    # for the child's sleep.
     worker = tmp_path / "worker"
     worker.mkdir()
     (worker / "ollama_worker").symlink_to(ROOT / "ollama_worker")
@@ -697,6 +698,7 @@ def test_sigterm_kills_what_ignores_it(make_boot: Any, tmp_path: Path) -> None:
     run = make_boot(
         FAKE_OLLAMA_MODELS="voice-assistant:latest",
         WORKER_DIR=str(worker),
+        WORKER_STOP_GRACE_S="0",
         BOOT_STOP_GRACE_S="1",
     ).start()
     deadline = time.monotonic() + 20

@@ -1,0 +1,35 @@
+"""One log level for the worker, RunPod's SDK and httpx, so that INFO carries no conversation.
+
+RunPod's SDK logs at DEBUG unless told otherwise, and at DEBUG prints every yielded item in
+full; httpx logs a line per request at INFO. Both follow `LOG_LEVEL` here: at INFO and above
+the log holds job ids, kinds, counts and times, never message text, replies or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ollama_worker.config import ConfigError
+
+# Python's level names and the SDK's own (rp_logger.LOG_LEVELS) for each.
+SDK_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR"}
+ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
+
+
+def configure_logging() -> str:
+    """Set up logging from `LOG_LEVEL` before the SDK is imported; return the level's name.
+
+    `RUNPOD_LOG_LEVEL`, when set, still rules the SDK's own logger.
+    """
+    raw = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    level = ALIASES.get(raw, raw)
+    if level not in SDK_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={raw!r} is not one of {', '.join(SDK_LEVELS)}")
+    # The SDK reads this once, when runpod.serverless is first imported.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LEVELS[level])
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # One line per request to Ollama is noise at INFO, and names every route a job used.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    return level
