@@ -68,6 +68,7 @@ class Settings:
     connect_timeout_s: float
     retry_deadline_s: float
     max_input_chars: int
+    stop_grace_s: float
     boot_timeout_s: float
     pull_on_boot: bool
     pull_models: tuple[str, ...]
@@ -93,6 +94,7 @@ class Settings:
             connect_timeout_s=_env_number("OLLAMA_CONNECT_TIMEOUT_S", 5.0, minimum=0.001),
             retry_deadline_s=_env_number("OLLAMA_RETRY_DEADLINE_S", 60.0),
             max_input_chars=_env_int("MAX_INPUT_CHARS", 1_000_000, minimum=1),
+            stop_grace_s=_env_number("WORKER_STOP_GRACE_S", 5.0),
             boot_timeout_s=_env_number("OLLAMA_BOOT_TIMEOUT_S", 120.0, minimum=0.001),
             pull_on_boot=_env_flag("OLLAMA_PULL_ON_BOOT"),
             pull_models=tuple(
