@@ -19,15 +19,24 @@ on /api/chat, /api/generate, /v1/chat/completions, /v1/completions)::
 
 Stats: ``requests`` ("METHOD /path" counts), ``in_flight``/``max_in_flight``
 (requests inside the num_parallel slots), ``queued``, ``chat_requests`` (last
-100 generation bodies), ``loads``, ``faults_served``, ``stream_token_times`` (for
-each of the last 100 streams, the ``time.monotonic()`` at which each token chunk
-was written: the bench's time-to-first-token reference).
+100 generation bodies), ``loads``, ``faults_served``, ``cancelled`` (generations
+stopped because their client left), ``stream_token_times`` (for each of the last
+100 streams, the ``time.monotonic()`` at which each token chunk was written: the
+bench's time-to-first-token reference).
+
+As in Ollama 0.12.10, a loaded model's requests wait for a slot without limit:
+the only unforced 503 is ``server busy`` for requests beyond ``max_queue`` that
+wait for a model to load (``fail_next``/``fail_rate`` inject others). Models
+named like ``thinking_models`` can think (and do unless ``think`` is false);
+``think`` on any other is a 400. ``gpu_fraction`` below 1 makes /api/ps report
+part of each model in system memory (``size_vram < size``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -53,7 +62,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-VERSION = "0.12.6"
+VERSION = "0.12.10"  # the release the Dockerfile pins
 DEFAULT_PORT = 11434
 DEFAULT_MODELS = ("llama3.1:8b", "voice-assistant:latest")
 STATE_FILE_NAME = "fake-ollama-models.json"
@@ -78,6 +87,10 @@ FAULT_MESSAGES: dict[int, str] = {
     504: "gateway timeout",
 }
 THINK_LEVELS = ("high", "medium", "low")
+# Model families with the thinking capability (Ollama infers it from the template's tags);
+# gpt-oss alone uses the harmony parser, the only one that takes a think level string.
+THINKING_FAMILIES = ("qwen3", "deepseek-r1", "gpt-oss", "magistral")
+HARMONY_FAMILIES = ("gpt-oss",)
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 _NAME_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/){0,2}[A-Za-z0-9][\w.-]*(?::\w[\w.-]{0,79})?$")
 _DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)([^\d.]*)")
@@ -124,6 +137,8 @@ class FakeConfig:
     crash_on_start: bool = False
     never_healthy: bool = False
     version: str = VERSION
+    gpu_fraction: float = 1.0
+    thinking_models: list[str] = field(default_factory=lambda: list(THINKING_FAMILIES))
 
 
 def _as_bool(value: Any) -> bool:
@@ -215,6 +230,8 @@ def coerce_config(changes: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("max_queue must not be negative")
     if not 0.0 <= result.get("fail_rate", 0.0) <= 1.0:
         raise ValueError("fail_rate must be within 0..1")
+    if not 0.0 <= result.get("gpu_fraction", 1.0) <= 1.0:
+        raise ValueError("gpu_fraction must be within 0..1")
     if "keep_alive" in result:
         parse_keep_alive(result["keep_alive"])
     if "pullable" in result:
@@ -233,6 +250,15 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class HandlerError(RequestError):
+    """A rejection by the route handler itself, after the /v1 middleware decoded the body.
+
+    On /v1 the middleware's own 400s are typed ``invalid_request_error``; whatever the
+    handler answers passes through ``BaseWriter.writeError`` as ``NewError(500, ...)`` and
+    so is typed ``api_error`` whatever its status (0.12.10 middleware/openai.go).
+    """
 
 
 def go_time(ns: int | None = None) -> str:
@@ -665,7 +691,7 @@ def _check_model(body: dict[str, Any]) -> str:
     """The requested model name, or 400 "model is required"."""
     name = body.get("model")
     if not valid_model_name(name):
-        raise RequestError(400, "model is required")
+        raise HandlerError(400, "model is required")
     return str(name)
 
 
@@ -721,9 +747,9 @@ def _openai_options(body: dict[str, Any]) -> dict[str, Any]:
         options["stop"] = [stop]
     elif isinstance(stop, list):
         options["stop"] = [s for s in stop if isinstance(s, str)]
-    limit = body.get("max_tokens", body.get("max_completion_tokens"))
-    if limit is not None:
-        options["num_predict"] = limit
+    # Only max_tokens: 0.12.10 has no max_completion_tokens field, so it goes unread.
+    if body.get("max_tokens") is not None:
+        options["num_predict"] = body["max_tokens"]
     for key in ("seed", "frequency_penalty", "presence_penalty"):
         if body.get(key) is not None:
             options[key] = body[key]
@@ -731,23 +757,118 @@ def _openai_options(body: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _openai_text(content: Any) -> Any:
-    """Flatten OpenAI content parts into text, as FromChatRequest does."""
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return content
+def _go_type(value: Any) -> str:
+    """What Go's ``%T`` prints for a decoded JSON value held in an ``any``."""
+    if value is None:
+        return "<nil>"
+    kinds = {bool: "bool", str: "string", list: "[]interface {}", dict: "map[string]interface {}"}
+    return kinds.get(type(value), "float64")
+
+
+def _json_kind(value: Any) -> str:
+    """How encoding/json names a JSON value in an UnmarshalTypeError."""
+    if isinstance(value, bool):
+        return "bool"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), "number")
+
+
+def _check_openai_bind(messages: list[Any]) -> None:
+    """Binding errors of ChatCompletionRequest: ``function.arguments`` is a Go string."""
+    for message in messages:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if arguments is not None and not isinstance(arguments, str):
+                # The innermost struct is anonymous, so Go prints an empty struct name.
+                raise RequestError(
+                    400,
+                    f"json: cannot unmarshal {_json_kind(arguments)} into Go struct field "
+                    ".messages.tool_calls.function.arguments of type string",
+                )
+
+
+def _openai_tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """OpenAI tool calls as api.ToolCall, like FromCompletionToolCall: arguments must be a
+    JSON object (or null) encoded in a string."""
+    converted = []
+    for call in calls if isinstance(calls, list) else []:
+        function = (call.get("function") if isinstance(call, dict) else None) or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "")
+        except ValueError:
+            raise RequestError(400, "invalid tool call arguments") from None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise RequestError(400, "invalid tool call arguments")
+        name = function.get("name") or ""
+        converted.append({"function": {"name": name, "arguments": arguments or {}}})
+    return converted
+
+
+_IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
+
+
+def _openai_image(part: dict[str, Any]) -> str:
+    """The base64 data of an ``image_url`` part, validated like FromChatRequest."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise RequestError(400, "invalid message format")
+    for prefix in ("data:;base64,", *_IMAGE_PREFIXES):
+        if url.startswith(prefix):
+            data = url[len(prefix) :]
+            break
+    else:
+        raise RequestError(400, "invalid image input")
+    try:
+        base64.b64decode(data, validate=True)
+    except ValueError:
+        raise RequestError(400, "invalid message format") from None
+    return data
+
+
+def _openai_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """OpenAI messages as api.Message, like 0.12.10 openai.FromChatRequest: string content,
+    content parts (each ``text`` or ``image_url`` part its own message), or null content
+    only beside tool_calls."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise RequestError(400, "invalid message format")
+        role = message.get("role") or ""
+        content = message.get("content")
+        calls = message.get("tool_calls")
+        if isinstance(content, str):
+            converted.append({"role": role, "content": content})
+            if calls:
+                converted[-1]["tool_calls"] = _openai_tool_calls(calls)
+        elif isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    converted.append({"role": role, "content": part["text"]})
+                elif kind == "image_url":
+                    converted.append({"role": role, "content": "", "images": [_openai_image(part)]})
+                else:
+                    raise RequestError(400, "invalid message format")
+            if converted and calls:
+                converted[-1]["tool_calls"] = _openai_tool_calls(calls)
+        elif calls is None:  # content may be null only when the message calls tools
+            raise RequestError(400, f"invalid message content type: {_go_type(content)}")
+        else:
+            converted.append({"role": role, "content": "", "tool_calls": _openai_tool_calls(calls)})
+    return converted
 
 
 def parse_openai_chat(body: Any) -> GenRequest:
     """Decode a POST /v1/chat/completions body (openai.ChatCompletionRequest)."""
     body = _require_object(body, "openai.ChatCompletionRequest")
     messages = body.get("messages")
+    if isinstance(messages, list):
+        _check_openai_bind(messages)  # gin's ShouldBindJSON runs before any other check
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "[] is too short - 'messages'")
+    converted = _openai_messages(messages)
     fmt = None
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
@@ -766,9 +887,6 @@ def parse_openai_chat(body: Any) -> GenRequest:
                 '(must be "high", "medium", "low", or "none")',
             )
         think = False if effort == "none" else effort
-    converted = [
-        {**m, "content": _openai_text(m.get("content"))} for m in messages if isinstance(m, dict)
-    ]
     tools = body.get("tools") or []
     return GenRequest(
         model=_check_model(body),
@@ -824,14 +942,17 @@ class Renderer:
     """Turns a Plan into one route's wire format (stream or whole)."""
 
     content_type: ClassVar[str] = "application/x-ndjson"
+    # The Ollama handler behind the route: ChatHandler or GenerateHandler.
+    handler: ClassVar[str] = "chat"
 
     def __init__(self, req: GenRequest) -> None:
         self.req = req
         self.stream = req.stream
 
     @staticmethod
-    def error(status: int, message: str) -> web.Response:
-        """An error reply before any byte of the answer was sent."""
+    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
+        """An error reply before any byte of the answer was sent (``middleware``: the body
+        failed to decode, which only the /v1 routes answer differently)."""
         return web.json_response({"error": message}, status=status, dumps=_dumps)
 
     @staticmethod
@@ -901,6 +1022,8 @@ class ChatRenderer(Renderer):
 class GenerateRenderer(Renderer):
     """POST /api/generate: api.GenerateResponse objects as NDJSON."""
 
+    handler: ClassVar[str] = "generate"
+
     def _chunk(self, response: str, **extra: Any) -> dict[str, Any]:
         return {
             "model": self.req.model,
@@ -942,9 +1065,13 @@ class GenerateRenderer(Renderer):
         return web.json_response(body, dumps=_dumps)
 
 
-def openai_error(status: int, message: str) -> web.Response:
-    """An OpenAI-style error object, typed like openai.NewError."""
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+def openai_error(status: int, message: str, *, middleware: bool = False) -> web.Response:
+    """An OpenAI-style error object as 0.12.10 writes it: typed by openai.NewError from the
+    status when the /v1 middleware itself refuses the body, else ``api_error`` whatever the
+    status, as BaseWriter.writeError wraps every handler error in NewError(500, ...)."""
+    kind = "api_error"
+    if middleware:
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, kind)
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return web.json_response(body, status=status, dumps=_dumps)
 
@@ -961,19 +1088,20 @@ class OpenAIRenderer(Renderer):
         self.created = int(time.time())
 
     @staticmethod
-    def error(status: int, message: str) -> web.Response:
+    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
         """OpenAI-form error."""
-        return openai_error(status, message)
+        return openai_error(status, message, middleware=middleware)
 
-    @staticmethod
-    def not_found(model: str) -> str:
-        """Error text for an unknown model on /v1."""
-        return f'model "{model}" not found, try pulling it first'
+    def empty_chunk(self) -> dict[str, Any]:
+        """The chunk the middleware makes of a response with nothing in it."""
+        raise NotImplementedError
 
     def stream_error(self, message: str) -> bytes:
-        """Mid-stream error event the openai client raises as APIError."""
-        error = {"message": message, "type": "api_error", "param": None, "code": None}
-        return _sse({"error": error})
+        """What 0.12.10 makes of an error after the stream began: the handler's error line
+        reaches ChatWriter.writeResponse (the status is already 200), decodes as an empty
+        response and goes out as one empty chunk with ``"model": ""``; no finish_reason,
+        no ``[DONE]``, and the message is lost (middleware/openai.go)."""
+        return _sse({**self.empty_chunk(), "model": ""})
 
     @staticmethod
     def usage(plan: Plan) -> dict[str, int]:
@@ -1032,6 +1160,10 @@ class OpenAIChatRenderer(OpenAIRenderer):
         }
         return self.envelope("chat.completion.chunk", [choice])
 
+    def empty_chunk(self) -> dict[str, Any]:
+        """openai.ToChunk of an empty api.ChatResponse."""
+        return self._delta_chunk({}, None)
+
     def step(self, kind: str, value: Any) -> bytes:
         """One chat.completion.chunk event."""
         delta = {
@@ -1060,6 +1192,7 @@ class OpenAICompletionRenderer(OpenAIRenderer):
     """POST /v1/completions."""
 
     id_prefix: ClassVar[str] = "cmpl"
+    handler: ClassVar[str] = "generate"
 
     def _text_chunk(self, text: str, finish: str | None) -> dict[str, Any]:
         chunk = self.envelope(
@@ -1068,6 +1201,10 @@ class OpenAICompletionRenderer(OpenAIRenderer):
         if self.req.include_usage:
             chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         return chunk
+
+    def empty_chunk(self) -> dict[str, Any]:
+        """openai.ToCompleteChunk of an empty api.GenerateResponse."""
+        return self._text_chunk("", None)
 
     def step(self, kind: str, value: Any) -> bytes:
         """One text_completion chunk (thinking is not part of completions)."""
@@ -1146,6 +1283,7 @@ def _new_stats() -> dict[str, Any]:
         "stream_token_times": deque(maxlen=MAX_RECORDED_BODIES),
         "loads": 0,
         "faults_served": 0,
+        "cancelled": 0,
     }
 
 
@@ -1168,6 +1306,7 @@ class FakeOllama:
         self._registry: dict[str, ModelEntry] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self._load_queue = 0  # requests waiting for a load they did not start
         self._stats = _new_stats()
         self._rng = random.Random(self._config.seed)
         self._slots = _Slots()
@@ -1385,7 +1524,20 @@ class FakeOllama:
             if pending is None:
                 pending = asyncio.ensure_future(self._load(name, num_ctx))
                 self._loading[name] = pending
-            await asyncio.shield(pending)
+                await asyncio.shield(pending)
+            else:
+                # While a model loads, the requests for it wait in the scheduler's pending
+                # queue, OLLAMA_MAX_QUEUE long; past that Ollama answers 503 at once
+                # (0.12.10 server/sched.go GetRunner, ErrMaxQueue). This is its only 503.
+                with self._lock:
+                    if self._load_queue >= self._config.max_queue:
+                        raise HandlerError(503, BUSY_ERROR)
+                    self._load_queue += 1
+                try:
+                    await asyncio.shield(pending)
+                finally:
+                    with self._lock:
+                        self._load_queue -= 1
         self._touch(name, math.inf if keep_alive == 0 else keep_alive, num_ctx)
         return max(1, time.monotonic_ns() - started)
 
@@ -1448,11 +1600,12 @@ class FakeOllama:
             if decode_error:
                 raise RequestError(400, decode_error)
             req = parse(body)
-            entry = self._find(req.model)
-            if entry is None:
-                raise RequestError(404, renderer_cls.not_found(req.model))
         except RequestError as exc:
-            return renderer_cls.error(exc.status, exc.message)
+            middleware = not isinstance(exc, HandlerError)
+            return renderer_cls.error(exc.status, exc.message, middleware=middleware)
+        entry = self._find(req.model)
+        if entry is None:
+            return renderer_cls.error(404, renderer_cls.not_found(req.model))
         cfg = self.config()
         keep_alive = req.keep_alive
         if keep_alive is None:
@@ -1461,22 +1614,24 @@ class FakeOllama:
         req.options = options
         num_ctx = int(options.get("num_ctx") or DEFAULT_NUM_CTX)
         renderer = renderer_cls(req)
-        if req.preload:
-            if keep_alive == 0:
-                self._touch(entry.name, 0)
-                reason = "unload"
-            else:
+        if req.preload and keep_alive == 0:
+            self._touch(entry.name, 0)
+            return await self._finish_quick(request, renderer, cfg, fault, "unload")
+        try:
+            self._check_think_before_load(req, entry, renderer_cls.handler)
+            if req.preload:
                 await self._ensure_loaded(entry.name, keep_alive, num_ctx)
-                reason = "load"
-            return await self._finish_quick(request, renderer, cfg, fault, reason)
-        with self._lock:
-            busy = self._stats["in_flight"] + self._stats["queued"]
-            if busy >= cfg.num_parallel + cfg.max_queue:
-                return renderer_cls.error(503, BUSY_ERROR)
-            self._stats["queued"] += 1
+                return await self._finish_quick(request, renderer, cfg, fault, "load")
+        except RequestError as exc:
+            return renderer_cls.error(exc.status, exc.message)
+        self._count("queued")
         try:
             try:
                 load_ns = await self._ensure_loaded(entry.name, keep_alive, num_ctx)
+                if renderer_cls.handler == "chat":  # ChatHandler checks the level once loaded
+                    self._check_think_level(req, entry)
+                # A loaded model's requests wait for a slot without limit, as they wait on
+                # the runner's semaphore in Ollama: no 503 however long the wait.
                 await self._slots.acquire(lambda: self._config.num_parallel)
             finally:
                 self._count("queued", -1)
@@ -1488,8 +1643,47 @@ class FakeOllama:
             finally:
                 self._count("in_flight", -1)
                 self._slots.release()
+        except RequestError as exc:
+            return renderer_cls.error(exc.status, exc.message)
+        except asyncio.CancelledError:
+            # The client went away: aiohttp cancels this handler (handler_cancellation), as
+            # Go cancels the request's context, and generation stops, stream or not.
+            self._count("cancelled")
+            raise
         finally:
             self._release_model(entry.name, keep_alive)
+
+    def _families(self, entry: ModelEntry) -> list[str]:
+        """The model's base names, lower-case and untagged: its own and its ancestors'."""
+        names, seen, current = [], set(), entry
+        while current is not None and current.name not in seen:
+            seen.add(current.name)
+            names.append(current.name.rsplit("/", 1)[-1].split(":", 1)[0].lower())
+            current = self._find(current.parent_model) if current.parent_model else None
+        return names
+
+    def _can_think(self, entry: ModelEntry) -> bool:
+        """Whether the model has the thinking capability (``thinking_models`` prefixes)."""
+        prefixes = tuple(p.lower() for p in self.config().thinking_models)
+        return any(family.startswith(prefixes) for family in self._families(entry))
+
+    def _check_think_before_load(self, req: GenRequest, entry: ModelEntry, handler: str) -> None:
+        """ChatHandler/GenerateHandler before scheduling (0.12.10 server/routes.go): a thinking
+        model thinks unless told not to; any other refuses ``think`` with 400."""
+        if handler == "generate":  # GenerateHandler checks the level first
+            self._check_think_level(req, entry)
+        if self._can_think(entry):
+            if req.think is None:
+                req.think = True
+        elif req.think not in (None, False):
+            raise HandlerError(400, f"{_dumps(req.model)} does not support thinking")
+
+    def _check_think_level(self, req: GenRequest, entry: ModelEntry) -> None:
+        """A think level ("high", ...) only for harmony models (gpt-oss), as 0.12.10 has it."""
+        if isinstance(req.think, str) and not any(
+            family.startswith(HARMONY_FAMILIES) for family in self._families(entry)
+        ):
+            raise HandlerError(400, f'think value "{req.think}" is not supported for this model')
 
     async def _finish_quick(
         self,
@@ -1634,7 +1828,8 @@ class FakeOllama:
                 "digest": entry.digest,
                 "details": entry.details(),
                 "expires_at": go_time(loaded.expires_ns),
-                "size_vram": entry.size,
+                # Below 1, part of the model sits in system memory and runs on the CPU.
+                "size_vram": int(entry.size * self.config().gpu_fraction),
                 "context_length": loaded.num_ctx,
             }
             for loaded, entry in rows
@@ -1677,7 +1872,8 @@ class FakeOllama:
                 "llama.context_length": 131072,
                 "llama.embedding_length": 4096,
             },
-            "capabilities": ["completion", "tools"],
+            "capabilities": ["completion", "tools"]
+            + (["thinking"] if self._can_think(entry) else []),
             "modified_at": go_time(entry.modified_ns),
         }
         if entry.system:
@@ -1788,16 +1984,16 @@ class FakeOllama:
     ) -> tuple[ModelEntry, list[str], int]:
         """Validate an embedding request and load its model."""
         if not valid_model_name(body.get("model")):
-            raise RequestError(400, "model is required")
+            raise HandlerError(400, "model is required")
         if isinstance(inputs, str):
             texts = [inputs]
         elif isinstance(inputs, list) and all(isinstance(t, str) for t in inputs):
             texts = list(inputs)
         else:
-            raise RequestError(400, "invalid input type")
+            raise HandlerError(400, "invalid input type")
         entry = self._find(str(body["model"]))
         if entry is None:
-            raise RequestError(404, f'model "{body["model"]}" not found, try pulling it first')
+            raise HandlerError(404, f"model '{body['model']}' not found")
         keep_alive = _check_keep_alive(body.get("keep_alive"))
         if keep_alive is None:
             keep_alive = parse_keep_alive(self.config().keep_alive)
@@ -1832,7 +2028,8 @@ class FakeOllama:
                 raise RequestError(400, "invalid input")
             entry, texts, _ = await self._embed_vectors(body, inputs)
         except RequestError as exc:
-            return openai_error(exc.status, exc.message)
+            middleware = not isinstance(exc, HandlerError)
+            return openai_error(exc.status, exc.message, middleware=middleware)
         tokens = sum(max(1, _word_count(t)) for t in texts)
         data = [
             {"object": "embedding", "embedding": embed_vector(entry.name, t), "index": i}

@@ -8,6 +8,7 @@ CLI modes must start, persist and stop like the real server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.machinery
 import importlib.util
@@ -36,6 +37,7 @@ from hypothesis import strategies as st
 
 from tests.fake_ollama import (
     BUSY_ERROR,
+    VERSION,
     FakeOllama,
     coerce_config,
     config_from_env,
@@ -49,6 +51,8 @@ from tests.fake_ollama import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLLAMA_BIN = REPO_ROOT / "tests" / "bin" / "ollama"
 MODEL = "llama3.1:8b"
+THINKER = "qwen3:0.6b"  # has the thinking capability, but takes no think level
+HARMONY = "gpt-oss:20b"  # thinks, and takes a level ("low", "medium", "high")
 USER = [{"role": "user", "content": "hello there"}]
 WEATHER_TOOL = {
     "type": "function",
@@ -174,6 +178,19 @@ def chat_body(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": USER, **extra}
 
 
+def pinned_ollama_version() -> str:
+    """The Ollama release the Dockerfile's FROM line pins."""
+    for line in (REPO_ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM ollama/ollama:"):
+            return line.split(":", 1)[1].split()[0]
+    raise AssertionError("the Dockerfile pins no ollama/ollama image")
+
+
+def install_thinkers(fake: FakeOllama) -> None:
+    """Add the two thinking-capable models to the default ones."""
+    fake.configure(models=[*fake.installed(), THINKER, HARMONY])
+
+
 # ---------------------------------------------------------------------------
 # pure helpers
 
@@ -274,10 +291,12 @@ def test_tokens_concatenate_to_the_text(text: str) -> None:
 
 
 def test_health_version_and_unknown_route(fake: FakeOllama) -> None:
-    """/ and HEAD / say Ollama is running; /api/version; gin-style 404."""
+    """/ and HEAD / say Ollama is running; /api/version reports the release the image pins;
+    an unknown route is gin's plain-text 404 (0.12.10 server/routes.go GenerateRoutes)."""
     assert httpx.get(fake.url).text == "Ollama is running"
     assert httpx.head(fake.url).status_code == 200
-    assert httpx.get(fake.url + "/api/version").json() == {"version": "0.12.6"}
+    assert VERSION == pinned_ollama_version() == "0.12.10"
+    assert httpx.get(fake.url + "/api/version").json() == {"version": "0.12.10"}
     missing = httpx.get(fake.url + "/api/nothing")
     assert (missing.status_code, missing.text) == (404, "404 page not found")
 
@@ -322,11 +341,12 @@ def test_stream_wire_format(fake: FakeOllama) -> None:
     assert {"done_reason", "total_duration", "eval_count"} <= set(objects[-1])
 
 
-def test_think_tools_and_format(client: ollama.Client) -> None:
+def test_think_tools_and_format(fake: FakeOllama, client: ollama.Client) -> None:
     """think adds thinking; "call <tool>" yields tool_calls; format gives JSON."""
-    thought = client.chat(model=MODEL, messages=USER, think=True)
+    install_thinkers(fake)
+    thought = client.chat(model=THINKER, messages=USER, think=True)
     assert thought.message.thinking == "Thinking about: hello there"
-    streamed = list(client.chat(model=MODEL, messages=USER, think="high", stream=True))
+    streamed = list(client.chat(model=HARMONY, messages=USER, think="high", stream=True))
     thinking = [c.message.thinking for c in streamed if c.message.thinking]
     first_content = next(i for i, c in enumerate(streamed) if c.message.content)
     assert "".join(thinking) == "Thinking about: hello there"
@@ -369,11 +389,12 @@ def test_num_predict_stop_and_fixed_reply(fake: FakeOllama, client: ollama.Clien
     assert client.chat(model=MODEL, messages=[]).done_reason == "load"
 
 
-def test_generate_route(client: ollama.Client) -> None:
+def test_generate_route(fake: FakeOllama, client: ollama.Client) -> None:
     """/api/generate streams ``response`` fields; empty prompt preloads."""
+    install_thinkers(fake)
     whole = client.generate(model=MODEL, prompt="hi there")
     assert (whole.response, whole.done_reason) == ("You said: hi there", "stop")
-    parts = list(client.generate(model=MODEL, prompt="hi there", stream=True, think=True))
+    parts = list(client.generate(model=THINKER, prompt="hi there", stream=True, think=True))
     assert "".join(p.response for p in parts) == "You said: hi there"
     assert "".join(p.thinking or "" for p in parts) == "Thinking about: hi there"
     assert parts[-1].context
@@ -518,17 +539,51 @@ async def test_num_parallel_bounds_concurrency(
 
 
 @pytest.mark.asyncio
-async def test_max_queue_answers_503(fake: FakeOllama) -> None:
-    """Beyond num_parallel + max_queue outstanding, Ollama answers 503 busy."""
-    fake.configure(num_parallel=1, max_queue=1, first_token_delay_s=0.3)
+async def test_max_queue_answers_503_only_while_the_model_loads(fake: FakeOllama) -> None:
+    """While a model loads, its requests wait in the scheduler's pending queue, max_queue
+    long, and the next one is 503 ``server busy`` (0.12.10 server/sched.go GetRunner,
+    ErrMaxQueue; server/routes.go handleScheduleError)."""
+    fake.configure(num_parallel=1, max_queue=1, load_delay_s=0.3)
     async with httpx.AsyncClient(base_url=fake.url, timeout=10) as http:
         replies = await asyncio.gather(
             *(http.post("/api/chat", json=chat_body(stream=False)) for _ in range(3))
         )
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [200, 200, 503]
+        busy = next(r for r in replies if r.status_code == 503)
+        assert busy.json() == {"error": BUSY_ERROR}
+        # The same queue on /v1, in its error form (writeError: api_error whatever the status).
+        await http.post("/api/chat", json={"model": MODEL, "keep_alive": 0})
+        body = {"model": MODEL, "messages": USER}
+        replies = await asyncio.gather(
+            *(http.post("/v1/chat/completions", json=body) for _ in range(3))
+        )
     codes = sorted(r.status_code for r in replies)
     assert codes == [200, 200, 503]
     busy = next(r for r in replies if r.status_code == 503)
-    assert busy.json() == {"error": BUSY_ERROR}
+    assert busy.json()["error"] == {
+        "message": BUSY_ERROR,
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_loaded_models_requests_queue_without_limit(fake: FakeOllama) -> None:
+    """Once loaded, a model's requests take its runner at once and wait for one of its
+    num_parallel slots however many there are: never a 503 (0.12.10 server/sched.go
+    GetRunner -> useLoadedRunner; the runner's semaphore has no queue limit)."""
+    fake.configure(num_parallel=1, max_queue=1, token_delay_s=0.02)
+    async with httpx.AsyncClient(base_url=fake.url, timeout=10) as http:
+        assert (await http.post("/api/chat", json={"model": MODEL})).status_code == 200
+        replies = await asyncio.gather(
+            *(http.post("/api/chat", json=chat_body(stream=False)) for _ in range(6))
+        )
+    assert [r.status_code for r in replies] == [200] * 6
+    stats = fake.stats()
+    assert stats["max_in_flight"] == 1  # they really queued, five of them past max_queue
+    assert stats["loads"] == 1
 
 
 def test_stream_chunks_arrive_spread_over_time(fake: FakeOllama) -> None:
@@ -548,6 +603,25 @@ def test_stream_chunks_arrive_spread_over_time(fake: FakeOllama) -> None:
     started = time.monotonic()
     httpx.post(fake.url + "/api/chat", json=chat_body(stream=False), timeout=10)
     assert time.monotonic() - started > 0.38  # 0.15 + 3 * 0.08
+
+
+def test_non_stream_generation_stops_when_the_client_leaves(fake: FakeOllama) -> None:
+    """A non-stream reply is generated under the request's context, which Go's server
+    cancels when the client disconnects: generation stops at once and frees its slot
+    (0.12.10 server/routes.go ChatHandler, r.Completion(ctx) with c.Request.Context())."""
+    fake.configure(token_delay_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            fake.url + "/api/chat",
+            json=chat_body(stream=False),
+            timeout=httpx.Timeout(5, read=0.3),
+        )
+    while fake.stats()["in_flight"] and time.monotonic() - started < 3:
+        time.sleep(0.01)
+    # Generating all four tokens would take 0.8 s; stopping takes well under that.
+    assert time.monotonic() - started < 0.7
+    assert (fake.stats()["in_flight"], fake.stats()["cancelled"]) == (0, 1)
 
 
 def test_header_delay_and_client_disconnect(fake: FakeOllama) -> None:
@@ -631,18 +705,48 @@ def test_delay_fault_and_fail_rate(fake: FakeOllama) -> None:
 
 
 def test_faults_on_openai_routes(fake: FakeOllama, oai: openai.OpenAI) -> None:
-    """The same faults reach /v1, in OpenAI error form (SSE for mid-stream)."""
-    fake.configure(fail_next=[{"status": 503}, {"midstream_error": "oops", "after_tokens": 1}])
+    """Status faults reach /v1 in OpenAI error form."""
+    fake.configure(fail_next=[{"status": 503}])
     with pytest.raises(openai.InternalServerError) as busy:
         oai.chat.completions.create(model=MODEL, messages=USER)
     assert busy.value.status_code == 503
-    stream = oai.chat.completions.create(
-        model=MODEL,
-        messages=USER,
-        stream=True,
-    )
-    with pytest.raises(openai.APIError, match="oops"):
-        list(stream)
+    assert oai.chat.completions.create(model=MODEL, messages=USER).choices
+
+
+def sse_events(text: str) -> list[str]:
+    """The data of each server-sent event in a body."""
+    return [event.removeprefix("data: ") for event in text.split("\n\n") if event]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/chat/completions", {"messages": USER}),
+        ("/v1/completions", {"prompt": "hello there"}),
+    ],
+)
+def test_openai_stream_failure_is_an_empty_chunk_and_no_done(
+    fake: FakeOllama, route: str, body: dict[str, Any]
+) -> None:
+    """An error after a /v1 stream began is no error event: the handler's error line reaches
+    ChatWriter/CompleteWriter.writeResponse (the status is already 200), decodes as an empty
+    response and goes out as one chunk with ``"model": ""``; then the stream ends with no
+    finish_reason and no ``[DONE]`` (0.12.10 middleware/openai.go writeResponse,
+    server/routes.go streamResponse)."""
+    fake.configure(fail_next=[{"midstream_error": "CUDA error", "after_tokens": 2}])
+    reply = httpx.post(fake.url + route, json={"model": MODEL, "stream": True, **body})
+    assert reply.status_code == 200
+    assert "CUDA error" not in reply.text  # Ollama loses the message
+    *tokens, last = [json.loads(event) for event in sse_events(reply.text)]
+    assert [t["model"] for t in tokens] == [MODEL, MODEL]
+    assert last["model"] == ""
+    assert last["id"] == tokens[0]["id"]
+    [choice] = last["choices"]
+    assert choice["finish_reason"] is None
+    assert choice.get("delta", {}).get("content", "") == choice.get("text", "") == ""
+    assert "[DONE]" not in reply.text
+    whole = httpx.post(fake.url + route, json={"model": MODEL, "stream": True, **body})
+    assert sse_events(whole.text)[-1] == "[DONE]"  # the fault was one request's only
 
 
 # ---------------------------------------------------------------------------
@@ -723,7 +827,11 @@ def test_openai_completions_models_and_not_found(oai: openai.OpenAI) -> None:
 
 
 def test_openai_error_shape(fake: FakeOllama) -> None:
-    """/v1 errors use {"error": {"message", "type", "param", "code"}}."""
+    """/v1 errors are {"error": {"message", "type", "param", "code"}}: the middleware's own
+    400s typed by openai.NewError (invalid_request_error), and every error of the handler
+    behind it ``api_error`` whatever its status, as BaseWriter.writeError wraps it in
+    NewError(500, ...); a missing model is ChatHandler's ``model '<name>' not found``
+    (0.12.10 middleware/openai.go, openai/openai.go NewError, server/routes.go)."""
     empty = httpx.post(fake.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert empty.status_code == 400
     assert empty.json()["error"] == {
@@ -732,11 +840,203 @@ def test_openai_error_shape(fake: FakeOllama) -> None:
         "param": None,
         "code": None,
     }
-    unknown = httpx.post(
-        fake.url + "/v1/chat/completions", json={"model": "ghost", "messages": USER}
+    for method, path, body in (
+        ("POST", "/v1/chat/completions", {"model": "ghost", "messages": USER}),
+        ("POST", "/v1/completions", {"model": "ghost", "prompt": "hi"}),
+        ("POST", "/v1/embeddings", {"model": "ghost", "input": "hi"}),
+        ("GET", "/v1/models/ghost", None),
+    ):
+        unknown = httpx.request(method, fake.url + path, json=body)
+        assert unknown.status_code == 404, path
+        assert unknown.json()["error"] == {
+            "message": "model 'ghost' not found",
+            "type": "api_error",
+            "param": None,
+            "code": None,
+        }, path
+    thinking = {"model": MODEL, "messages": USER, "reasoning_effort": "low"}
+    refused = httpx.post(fake.url + "/v1/chat/completions", json=thinking)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["type"] == "api_error"
+    native = httpx.post(fake.url + "/api/chat", json=chat_body(model="ghost"))
+    assert native.json() == {"error": "model 'ghost' not found"}
+
+
+def test_openai_ignores_what_ollama_does_not_read(fake: FakeOllama, oai: openai.OpenAI) -> None:
+    """ChatCompletionRequest has no max_completion_tokens, n, tool_choice,
+    parallel_tool_calls or logprobs: they are ignored, and only max_tokens sets num_predict
+    (0.12.10 openai/openai.go ChatCompletionRequest, FromChatRequest)."""
+    whole = oai.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        max_completion_tokens=1,
+        n=3,
+        logprobs=True,
+        top_logprobs=2,
     )
-    assert unknown.status_code == 404
-    assert unknown.json()["error"]["message"] == 'model "ghost" not found, try pulling it first'
+    [choice] = whole.choices
+    assert (choice.message.content, choice.finish_reason) == ("You said: hello there", "stop")
+    assert choice.logprobs is None
+    assert "num_predict" not in fake.stats()["chat_requests"][-1].get("options", {})
+    capped = oai.chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
+    assert (capped.choices[0].message.content, capped.choices[0].finish_reason) == (
+        "You ",
+        "length",
+    )
+    ask = [{"role": "user", "content": 'call get_weather {"city": "Rome"}'}]
+    called = oai.chat.completions.create(
+        model=MODEL,
+        messages=ask,
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        parallel_tool_calls=False,
+    )
+    assert called.choices[0].finish_reason == "tool_calls"  # "none" was not honoured
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "kind"),
+    [
+        ({"role": "user"}, "invalid message content type: <nil>", "invalid_request_error"),
+        (
+            {"role": "user", "content": None},
+            "invalid message content type: <nil>",
+            "invalid_request_error",
+        ),
+        ({"role": "user", "content": 7}, "invalid message content type: float64", None),
+        (
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]},
+            "invalid message format",
+            None,
+        ),
+        ({"role": "user", "content": ["hi"]}, "invalid message format", None),
+        (
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+            },
+            "invalid image input",
+            None,
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}
+                ],
+            },
+            "json: cannot unmarshal object into Go struct field "
+            ".messages.tool_calls.function.arguments of type string",
+            None,
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
+                ],
+            },
+            "invalid tool call arguments",
+            None,
+        ),
+    ],
+)
+def test_openai_rejects_the_messages_ollama_rejects(
+    fake: FakeOllama, message: dict[str, Any], error: str, kind: str | None
+) -> None:
+    """Null content without tool_calls, arguments that are not a JSON string, and content
+    parts other than text and image_url are 400s of the /v1 middleware (0.12.10
+    middleware/openai.go ChatMiddleware, openai/openai.go FromChatRequest)."""
+    body = {"model": MODEL, "messages": [*USER, message, *USER]}
+    reply = httpx.post(fake.url + "/v1/chat/completions", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == error
+    assert reply.json()["error"]["type"] == (kind or "invalid_request_error")
+    assert fake.stats()["in_flight"] == fake.stats()["loads"] == 0  # refused before the model
+
+
+def test_openai_accepts_what_ollama_accepts(oai: openai.OpenAI) -> None:
+    """Null content beside tool_calls with string arguments, and text and image_url parts
+    (each part its own message) pass (0.12.10 openai/openai.go FromChatRequest)."""
+    pixel = base64.b64encode(b"\x89PNG fake").decode()
+    messages: list[Any] = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+                {"type": "text", "text": "what is this"},
+            ],
+        },
+    ]
+    reply = oai.chat.completions.create(model=MODEL, messages=messages)
+    assert reply.choices[0].message.content == "You said: what is this"
+
+
+def test_think_needs_the_thinking_capability(fake: FakeOllama, client: ollama.Client) -> None:
+    """``think`` on a model without the thinking capability is 400 "<model>" does not support
+    thinking; a thinking model thinks unless told not to; a think level is for harmony
+    models (gpt-oss) only (0.12.10 server/routes.go ChatHandler and GenerateHandler,
+    server/images.go Model.Capabilities)."""
+    install_thinkers(fake)
+    for call in (
+        lambda: client.chat(model=MODEL, messages=USER, think=True),
+        lambda: client.chat(model=MODEL, messages=USER, think="low"),
+        lambda: client.generate(model=MODEL, prompt="hi", think=True),
+        lambda: client.chat(model=MODEL, messages=[], think=True),
+    ):
+        with pytest.raises(ollama.ResponseError) as refused:
+            call()
+        assert (refused.value.status_code, refused.value.error) == (
+            400,
+            '"llama3.1:8b" does not support thinking',
+        )
+    plain = client.chat(model=MODEL, messages=USER, think=False)
+    assert (plain.message.content, plain.message.thinking) == ("You said: hello there", None)
+    assert client.chat(model=THINKER, messages=USER).message.thinking  # thinks by default
+    assert client.chat(model=THINKER, messages=USER, think=False).message.thinking is None
+    for call in (
+        lambda: client.chat(model=THINKER, messages=USER, think="high"),
+        lambda: client.generate(model=THINKER, prompt="hi", think="high"),
+    ):
+        with pytest.raises(ollama.ResponseError) as level:
+            call()
+        assert level.value.error == 'think value "high" is not supported for this model'
+    assert client.chat(model=HARMONY, messages=USER, think="low").message.thinking
+    assert client.show(THINKER).capabilities == ["completion", "tools", "thinking"]
+    assert client.show(MODEL).capabilities == ["completion", "tools"]
+    client.create(model="my-thinker", from_=THINKER, system="Be brief.")
+    assert client.chat(model="my-thinker", messages=USER).message.thinking
+    fake.configure(thinking_models=["llama"])
+    assert client.chat(model=MODEL, messages=USER).message.thinking
+
+
+def test_ps_reports_what_sits_in_gpu_memory(fake: FakeOllama, client: ollama.Client) -> None:
+    """/api/ps gives each loaded model's size and size_vram; with gpu_fraction < 1 part of it
+    is in system memory, as when a model does not fit the GPU (0.12.10 server/routes.go
+    PsHandler: Size totalSize, SizeVRAM vramSize)."""
+    client.chat(model=MODEL, messages=[])
+    [whole] = client.ps().models
+    assert whole.size > 0
+    assert whole.size_vram == whole.size
+    fake.configure(gpu_fraction=0.25)
+    [split] = client.ps().models
+    assert split.size_vram == int(whole.size * 0.25)
+    with pytest.raises(ValueError, match="gpu_fraction"):
+        coerce_config({"gpu_fraction": 1.5})
 
 
 # ---------------------------------------------------------------------------
@@ -892,7 +1192,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         assert table[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
         assert sorted(row.split()[0] for row in table[1:]) == [MODEL, "voice-assistant:latest"]
         version = run_cli(env, "--version")
-        assert version.stdout.strip() == "ollama version is 0.12.6"
+        assert version.stdout.strip() == "ollama version is 0.12.10"
         stop_gracefully(server)
 
     logged = calls.read_text().splitlines()
@@ -909,7 +1209,7 @@ def test_cli_runs_as_python_script_from_elsewhere(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
     assert result.returncode == 0
-    assert "Warning: client version is 0.12.6" in result.stdout
+    assert "Warning: client version is 0.12.10" in result.stdout
 
 
 def test_stop_leaves_no_thread_behind() -> None:

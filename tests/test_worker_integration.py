@@ -90,7 +90,7 @@ def test_numeric_keep_alive_string_means_seconds(worker: WorkerProcess, fake: Fa
 
 def test_health(worker: WorkerProcess) -> None:
     [item] = worker.output({"type": "health"})
-    assert item["ollama_version"] == "0.12.6"
+    assert item["ollama_version"] == "0.12.10"
     assert set(item["models"]) == {"llama3.1:8b", "voice-assistant:latest"}
     assert isinstance(item["loaded"], list)
     assert item["default_model"] == "voice-assistant"
