@@ -1,20 +1,32 @@
-"""Run the real worker as a subprocess under RunPod's local API, as a user would with curl."""
+"""Run the real worker as a subprocess: under RunPod's local API, as a user would with curl
+(WorkerProcess), or under the SDK's production job loop against the stand-in job API
+(DeployedWorker), as RunPod runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.fake_runpod import FakeRunPod, JobRecord, clean_environ
+
 ROOT = Path(__file__).resolve().parent.parent
+FAKE_BIN = ROOT / "tests" / "bin"
+# Variables a deployed worker always gets, whatever the caller's env: nothing may dial out.
+SDK_SAFETY = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
+# Inherited variables that would steer the boot script or the stand-in ollama it starts.
+BOOT_DROPPED_PREFIXES = ("FAKE_OLLAMA_", "OLLAMA_", "WORKER_")
 
 
 def free_port() -> int:
@@ -110,6 +122,219 @@ class WorkerProcess:
             self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose environment holds DEPLOYED_TEST_TAG=tag (started by one worker).
+
+    Children inherit the environment whatever session or parent they end up in, so this
+    finds what a worker or its boot script left behind, and only that.
+    """
+    marker = f"DEPLOYED_TEST_TAG={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and state not in {"Z", "X"}:
+            found.append(int(entry.name))
+    return found
+
+
+class DeployedWorker:
+    """`python rp_handler.py` (no --rp_serve_api) under the SDK's production job loop.
+
+    It takes its jobs from a FakeRunPod as worker `worker_id`, with the log kept in a file.
+    With `boot=True` it runs through ollama_boot.sh, which starts the stand-in `ollama serve`
+    (tests/bin/ollama, first on PATH) on a free port itself: for cold-start and stop tests.
+    """
+
+    def __init__(
+        self,
+        fake_runpod: FakeRunPod,
+        env: dict[str, str] | None = None,
+        *,
+        worker_id: str | None = None,
+        boot: bool = False,
+        script: str = "rp_handler.py",
+        args: tuple[str, ...] = (),
+        unset: tuple[str, ...] = (),
+        startup_timeout_s: float = 60.0,
+    ) -> None:
+        """`env` goes over the inherited environment; names in `unset` are removed from it."""
+        self.fake_runpod = fake_runpod
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
+        self.boot = boot
+        self.script = script
+        self.args = args
+        self.startup_timeout_s = startup_timeout_s
+        self.tag = uuid.uuid4().hex
+        self._tmp = Path(tempfile.mkdtemp(prefix="deployed-"))
+        base = {k: v for k, v in clean_environ().items() if k not in unset}
+        boot_env: dict[str, str] = {}
+        if boot:
+            base = {k: v for k, v in base.items() if not k.startswith(BOOT_DROPPED_PREFIXES)}
+            models = self._tmp / "models"
+            models.mkdir()
+            self.ollama_port = free_port()
+            boot_env = {
+                "PATH": f"{FAKE_BIN}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                "PYTHON": sys.executable,
+                "OLLAMA_HOST": f"127.0.0.1:{self.ollama_port}",
+                "OLLAMA_MODELS": str(models),
+                "FAKE_OLLAMA_MODELS": "voice-assistant:latest",
+                "OLLAMA_BOOT_TIMEOUT_S": "30",
+            }
+        self.env = {
+            **base,
+            **boot_env,
+            **fake_runpod.worker_env(self.worker_id),
+            **(env or {}),
+            **SDK_SAFETY,
+            "PYTHONUNBUFFERED": "1",
+            "DEPLOYED_TEST_TAG": self.tag,
+        }
+        self.env.pop("RUNPOD_AI_API_KEY", None)
+        self._log = tempfile.NamedTemporaryFile(prefix="deployed-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_at = 0.0
+
+    @property
+    def ollama_url(self) -> str:
+        """The stand-in Ollama the boot script started (boot=True only)."""
+        if not self.boot:
+            raise RuntimeError("only a worker started through ollama_boot.sh has its own Ollama")
+        return f"http://127.0.0.1:{self.ollama_port}"
+
+    def launch(self) -> DeployedWorker:
+        """Start the process and return at once (see start())."""
+        command = (
+            [str(ROOT / "ollama_boot.sh"), *self.args]
+            if self.boot
+            else [sys.executable, self.script, *self.args]
+        )
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            command,
+            cwd=self._tmp if self.boot else ROOT,  # the boot script finds its own folder
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Block until the worker's first job-take poll (it takes jobs); that poll's time."""
+        assert self.process is not None, "launch() first"
+        limit = self.startup_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                self.ready_at = self.fake_runpod.wait_for_poll(
+                    0.1, worker_id=self.worker_id, since=self.started_at
+                )
+                return self.ready_at
+            except TimeoutError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.script} exited {self.process.returncode} before taking jobs:\n"
+                    f"{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop(keep_log=True)
+                raise RuntimeError(f"{self.script} took no job in {limit} s:\n{self.log()}")
+
+    def start(self) -> DeployedWorker:
+        """Start the worker and return once it polls for jobs (or raise with its log)."""
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def submit(self, job_input: Any, job_id: str | None = None) -> str:
+        """Queue a job for this worker only; its id."""
+        return self.fake_runpod.submit(job_input, job_id, worker_id=self.worker_id)
+
+    def wait_done(self, job_id: str, timeout: float = 30.0) -> JobRecord:
+        """The job's record once done; TimeoutError with the worker's recent log if not."""
+        try:
+            return self.fake_runpod.wait_done(job_id, timeout)
+        except TimeoutError as exc:
+            alive = "running" if self.alive() else f"exited {self.returncode()}"
+            tail = "\n".join(self.log().splitlines()[-40:])
+            raise TimeoutError(f"{exc}; worker {alive}, its log ends:\n{tail}") from None
+
+    def run(self, job_input: Any, timeout: float = 30.0) -> JobRecord:
+        """Submit one job to this worker and return its record once done."""
+        return self.wait_done(self.submit(job_input), timeout)
+
+    def alive(self) -> bool:
+        """Whether the main process still runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def returncode(self) -> int | None:
+        """The main process's exit status, None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the main process only (rp_handler.py, or the boot script)."""
+        assert self.process is not None, "launch() first"
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The main process's exit status; TimeoutError with the log if it outlives `timeout`."""
+        assert self.process is not None, "launch() first"
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{self.script} still running after {timeout} s:\n{self.log()}"
+            ) from None
+
+    def leftovers(self) -> list[int]:
+        """Pids of processes this worker started that are still alive (itself included)."""
+        return tagged_pids(self.tag)
+
+    @property
+    def log_path(self) -> Path:
+        """The file the worker's output goes to."""
+        return Path(self._log.name)
+
+    def log(self) -> str:
+        """Everything the worker has printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, *, keep_log: bool = False) -> None:
+        """SIGTERM, then SIGKILL after 10 s, the worker and all it started; drop the log."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        for pid in self.leftovers():  # what left the group (setsid) or outlived it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> DeployedWorker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
