@@ -92,6 +92,7 @@ stop_all() {
   if [[ -n $handler_pid ]]; then
     stop_pids "$(awk -v g="$job_grace_s" 'BEGIN { print g + 1 }')" "$handler_pid"
     handler_pid=''
+    log "the handler has stopped; stopping Ollama"
   fi
   stop_pids "$stop_grace_s" "$boot_pid" "$ollama_pid"
   boot_pid='' ollama_pid=''
