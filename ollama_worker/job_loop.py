@@ -140,7 +140,7 @@ def _scaler_class() -> type[Any]:
                 take.cancel()
                 await asyncio.wait({take})
                 if not take.cancelled() and take.exception() is not None:
-                    log.error("job loop: taking jobs failed: %r", take.exception())
+                    log.error("job loop: no more jobs can be taken (%r)", take.exception())
                     EventDrivenJobScaler.failed = True
                 self.kill_worker()
                 await self._finish_jobs(session)
@@ -177,7 +177,11 @@ def _scaler_class() -> type[Any]:
             if self.ready is None:
                 return
             started = time.perf_counter()
-            await asyncio.wrap_future(self.ready)
+            try:
+                await asyncio.wrap_future(self.ready)
+            except Exception as exc:
+                log.error("job loop: Ollama did not come up (%s); taking no jobs, exiting", exc)
+                raise
             log.info(
                 "job loop: Ollama is ready; taking jobs (waited %.0f ms after the checks)",
                 (time.perf_counter() - started) * 1000,

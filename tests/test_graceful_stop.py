@@ -148,3 +148,17 @@ def test_fitness_checks_run_while_ollama_starts_and_no_job_is_taken_before_it_an
         assert record.taken_at > max(check_ended, ollama_up), log
     finally:
         worker.stop()
+
+
+def test_a_worker_whose_ollama_never_answers_takes_no_job_and_exits_non_zero(
+    fake_runpod: FakeRunPod,
+) -> None:
+    env = {"OLLAMA_HOST": f"127.0.0.1:{free_port()}", "WORKER_WAIT_FOR_OLLAMA_S": "1"}
+    worker = DeployedWorker(fake_runpod, env).launch()
+    try:
+        job_id = worker.submit({"prompt": "anyone?"})
+        assert worker.wait_exit(30) == 1, worker.log()
+        assert "Ollama did not come up" in worker.log()
+        assert fake_runpod.record(job_id).taken_at is None
+    finally:
+        worker.stop()
