@@ -20,14 +20,37 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_ollama import FakeOllama
 from tests.fake_runpod import FakeRunPod, JobRecord
-from tests.harness import DeployedWorker
-from tests.vapi_fixtures import SECRET, TOOLS_MODULE, load, tool_calls, webhook
+from tests.harness import ROOT, DeployedWorker
 
 CODED_ERROR = re.compile(
     r"^(INVALID_INPUT|MODEL_NOT_FOUND|OLLAMA_UNAVAILABLE|OLLAMA_ERROR|TIMEOUT|UNAUTHORIZED): "
 )
 # Generous: the SDK's stock loop sleeps a whole second whenever its slots are full.
 JOB_TIMEOUT_S = 60.0
+# VAPI inputs are built here rather than with tests/vapi_fixtures.py, whose checks import the
+# VAPI SDK (seconds): the worker is what these tests exercise, not the payloads.
+VAPI_FIXTURES = ROOT / "tests" / "fixtures" / "vapi"
+SECRET = "deployed-Vapi-secret-5c1e"
+TOOLS_MODULE = "tests.vapi_tools_for_tests"
+
+
+def load(name: str) -> dict[str, Any]:
+    """A recorded VAPI server message, from tests/fixtures/vapi/."""
+    return json.loads((VAPI_FIXTURES / f"{name}.json").read_text())
+
+
+def webhook(payload: dict[str, Any], **job: Any) -> dict[str, Any]:
+    """A `vapi_webhook` job input for `payload`."""
+    return {"type": "vapi_webhook", "payload": payload, **job}
+
+
+def tool_calls(*calls: tuple[str, str, str]) -> dict[str, Any]:
+    """A VAPI tool-calls message for `(id, name, JSON arguments)` calls."""
+    call_list = [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for call_id, name, arguments in calls
+    ]
+    return {"message": {"type": "tool-calls", "toolCallList": call_list}}
 
 
 def completed(record: JobRecord) -> list[Any]:
