@@ -28,7 +28,8 @@ def configure_logging() -> str:
         raise ConfigError(f"LOG_LEVEL={raw!r} is not one of {', '.join(SDK_LEVELS)}")
     # The SDK reads this once, when runpod.serverless is first imported.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LEVELS[level])
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when something configured handlers first
     if level != "DEBUG":
         # One line per request to Ollama is noise at INFO, and names every route a job used.
         logging.getLogger("httpx").setLevel(logging.WARNING)
