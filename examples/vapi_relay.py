@@ -1,7 +1,10 @@
 """A relay between VAPI's Server URL and a RunPod endpoint running this worker.
 
 VAPI wants the bare answer body back; RunPod wants its API key and wraps the output. This
-turns each VAPI POST into a `vapi_webhook` job on `/runsync` and returns `response` verbatim.
+turns each VAPI POST into a `vapi_webhook` job on `/runsync` (every header, the raw body, the
+method and the URL, so the worker can check any VAPI credential) and returns `response`
+verbatim. Behind a TLS-terminating proxy, run uvicorn with `--proxy-headers` so the URL is
+the one VAPI called (an HMAC plan may sign it).
 
     RUNPOD_ENDPOINT_ID=... RUNPOD_API_KEY=... uvicorn examples.vapi_relay:app --port 8080
 """
@@ -15,9 +18,6 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-# The headers VAPI authenticates with; the worker checks them against VAPI_WEBHOOK_SECRET.
-FORWARDED = ("x-vapi-secret", "authorization", "x-signature", "x-timestamp")
-
 app = FastAPI()
 
 
@@ -30,12 +30,21 @@ def runsync_url() -> str:
 @app.post("/vapi")
 async def vapi(request: Request) -> JSONResponse:
     """Answer one VAPI server message through the worker."""
-    raw = (await request.body()).decode()
+    try:
+        raw = (await request.body()).decode()
+        payload = json.loads(raw)
+    except ValueError:  # not UTF-8, or not JSON
+        return JSONResponse({"error": "the request body is not JSON"}, status_code=400)
+    if not isinstance(payload, dict):
+        return JSONResponse({"error": "the request body is not a JSON object"}, status_code=400)
     job = {
         "type": "vapi_webhook",
-        "payload": json.loads(raw),
+        "payload": payload,
         "raw_body": raw,
-        "headers": {k: v for k, v in request.headers.items() if k in FORWARDED},
+        # All of them: which ones prove the request depends on the worker's VAPI_AUTH_PLAN.
+        "headers": dict(request.headers.items()),
+        "method": request.method,
+        "url": str(request.url),
     }
     api_key = os.environ.get("RUNPOD_API_KEY")
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # a local worker needs none

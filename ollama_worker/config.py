@@ -8,6 +8,10 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ollama_worker.vapi_auth import AuthPlan
 
 
 class ConfigError(ValueError):
@@ -41,6 +45,35 @@ def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_auth_plan() -> AuthPlan | None:
+    """VAPI_AUTH_PLAN, checked now so that a bad plan stops the worker before its first job."""
+    raw = os.environ.get("VAPI_AUTH_PLAN", "").strip()
+    if not raw:
+        return None
+    # Imported only when a plan is set; standard library only, like this module.
+    from ollama_worker.vapi_auth import parse_auth_plan, secret_key
+
+    try:
+        plan = parse_auth_plan(raw)
+        secret = os.environ.get("VAPI_WEBHOOK_SECRET", "")
+        if not secret:
+            raise ValueError("is set but VAPI_WEBHOOK_SECRET is empty: the plan needs the secret")
+        secret_key(secret, plan)
+    except ValueError as exc:
+        raise ConfigError(f"VAPI_AUTH_PLAN: {exc}") from None
+    return plan
+
+
+def _env_endpointing_timeout() -> float | None:
+    """VAPI_ENDPOINTING_TIMEOUT_S, or None when unset; VAPI takes 0 to 15 seconds."""
+    if not os.environ.get("VAPI_ENDPOINTING_TIMEOUT_S", "").strip():
+        return None
+    value = _env_number("VAPI_ENDPOINTING_TIMEOUT_S", 0.0)
+    if value > 15:
+        raise ConfigError(f"VAPI_ENDPOINTING_TIMEOUT_S={value:g} is over VAPI's limit of 15")
+    return value
 
 
 def ollama_base_url(host: str) -> str:
@@ -81,6 +114,10 @@ class Settings:
     vapi_tool_timeout_s: float
     vapi_transfer_destination: str
     runpod_endpoint_id: str
+    # Defaults, so that code building Settings by hand need not name every VAPI knob.
+    vapi_auth_plan: AuthPlan | None = None
+    vapi_handoff_destination: str = ""
+    vapi_endpointing_timeout_s: float | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -109,6 +146,9 @@ class Settings:
             vapi_tool_timeout_s=_env_number("VAPI_TOOL_TIMEOUT_S", 15.0, minimum=0.001),
             vapi_transfer_destination=_env_str("VAPI_TRANSFER_DESTINATION", ""),
             runpod_endpoint_id=_env_str("RUNPOD_ENDPOINT_ID", ""),
+            vapi_auth_plan=_env_auth_plan(),
+            vapi_handoff_destination=_env_str("VAPI_HANDOFF_DESTINATION", ""),
+            vapi_endpointing_timeout_s=_env_endpointing_timeout(),
         )
 
 

@@ -6,10 +6,12 @@ calls go through `httpx`. Both share one transport, so one connection pool serve
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,6 +33,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# Ollama's options that are lists, shown one `key value` line per item even when there is one.
+LIST_PARAMETERS = frozenset({"stop"})
+INTEGER = re.compile(r"[+-]?\d+")
+# A model's PARAMETERs, per Ollama URL and model: baked into the image, they never change.
+_parameters: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _parameter_value(text: str) -> Any:
+    """One value as Ollama's `%#v` prints it: a Go-quoted string, a bool or a number."""
+    if text.startswith('"'):
+        # Go's quoting (\", \\, \n, \t, \xNN, \uNNNN, \UNNNNNNNN) is Python's too.
+        with contextlib.suppress(ValueError, SyntaxError):
+            value = ast.literal_eval(text)
+            if isinstance(value, str):
+                return value
+        return text
+    if text in ("true", "false"):
+        return text == "true"
+    if INTEGER.fullmatch(text):
+        return int(text)
+    try:
+        value = float(text)  # Go prints large or tiny float64s as "1e+06", "1.5e-05"
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """/api/show's `parameters`: one `key value` line per PARAMETER, repeated keys as lists."""
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        key, _, raw = line.strip().partition(" ")
+        if not key or not raw.strip():
+            continue
+        value = _parameter_value(raw.strip())
+        if key in LIST_PARAMETERS or key in found:
+            previous = found.get(key, [])
+            found[key] = [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            found[key] = value
+    return found
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -218,6 +261,31 @@ class OllamaClient:
         """Names of the models Ollama holds in memory."""
         reply = await self.call(self.native.ps)
         return [m.model for m in reply.models if m.model]
+
+    async def model_parameters(
+        self, model: str, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """The model's own PARAMETERs from `/api/show`, cached per process and model.
+
+        With `timeout_s`, one attempt bounded by it (for callers on a deadline, such as
+        VAPI's assistant-request); otherwise the usual retries.
+        """
+        key = (self.settings.ollama_url, model)
+        if key in _parameters:
+            return _parameters[key]
+        body = {"model": model}
+        if timeout_s is None:
+            reply = await self.raw_json("POST", "/api/show", body)
+        else:
+            try:
+                response = await self.http.post("/api/show", json=body, timeout=timeout_s)
+                _raise_for_status(response)
+                reply = response.json()
+            except Exception as exc:
+                raise self._error(exc) from exc
+        parameters = reply.get("parameters") if isinstance(reply, dict) else None
+        _parameters[key] = parse_parameters(parameters if isinstance(parameters, str) else "")
+        return _parameters[key]
 
     async def version(self) -> str:
         """Ollama's version string."""

@@ -34,6 +34,27 @@ def text_chars(body: dict[str, Any]) -> int:
     return chars + sum(len(p) for p in prompts if isinstance(p, str))
 
 
+# Ollama's /v1 puts 1.0 for each of these a request leaves out, over the model's PARAMETERs.
+MODEL_SAMPLING = ("temperature", "top_p")
+SAMPLING_ROUTES = ("/v1/chat/completions", "/v1/completions")
+
+
+async def with_model_sampling(
+    route: str, body: dict[str, Any], client: OllamaClient
+) -> dict[str, Any]:
+    """`body` with the model's own temperature and top_p where the request names none."""
+    missing = [key for key in MODEL_SAMPLING if body.get(key) is None]
+    if route not in SAMPLING_ROUTES or not missing:
+        return body
+    try:
+        parameters = await client.model_parameters(str(body["model"]))
+    except WorkerError as exc:
+        if exc.code in (ErrorCode.OLLAMA_UNAVAILABLE, ErrorCode.TIMEOUT):
+            raise
+        return body  # e.g. an unknown model: the request itself then says which ones exist
+    return {**body, **{key: parameters[key] for key in missing if key in parameters}}
+
+
 async def run_openai(
     route: str, body: dict[str, Any] | None, client: OllamaClient, settings: Settings
 ) -> AsyncIterator[Any]:
@@ -49,6 +70,7 @@ async def run_openai(
             f"message text is {chars:,} characters; the limit is "
             f"{settings.max_input_chars:,} (MAX_INPUT_CHARS)",
         )
+    body = await with_model_sampling(route, body, client)
     try:
         if body.get("stream") is not True:
             yield await client.raw_json("POST", route, body)

@@ -101,6 +101,9 @@ class VapiWebhookJob(_Input):
     payload: JSONObject
     headers: dict[str, str] | None = None
     raw_body: str | None = None
+    # The HTTP method and URL VAPI called, for an HMAC plan whose payloadFormat signs them.
+    method: str | None = None
+    url: str | None = None
 
 
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings")

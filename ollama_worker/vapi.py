@@ -24,7 +24,15 @@ from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import VapiWebhookJob
 from ollama_worker.vapi_auth import check_webhook_auth
-from ollama_worker.vapi_tools import call_tool, get_tools, knowledge_base_documents
+from ollama_worker.vapi_tools import (
+    NO_HOOK,
+    HookFailed,
+    Tools,
+    call_hook,
+    call_tool,
+    get_tools,
+    knowledge_base_documents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,18 @@ MODELFILE_SYSTEM = re.compile(r'^SYSTEM\s+(?:"""(.*?)"""|(.+?))\s*$', re.MULTILI
 RUNPOD_OPENAI_URL = "https://api.runpod.ai/v2/{endpoint_id}/openai/v1"
 NOT_CONFIGURED = "Sorry, this line is not set up to take calls yet. Please try again later."
 NO_TRANSFER = "Sorry, I can't transfer this call right now."
+NO_HANDOFF = "No handoff destination is available right now; carry on with the caller."
+NO_ENDPOINTING = "this worker has no endpointing timeout to give"
+NO_SPEECH = (
+    "this worker does not synthesise speech: point assistant.voice.server.url at a "
+    "text-to-speech server, not at this endpoint"
+)
+# assistant-request has 7.5 s in all: the model's parameters get this long, then are left out.
+SHOW_TIMEOUT_S = 1.0
+# VAPI's ranges for a custom-llm model (its API's CustomLLMModel) and an endpointing timeout.
+TEMPERATURE_RANGE = (0.0, 2.0)
+MAX_TOKENS_RANGE = (50, 10_000)
+ENDPOINTING_RANGE = (0.0, 15.0)
 # The chat-completions fields a model may see; VAPI's extras (call, metadata, customer,
 # phoneNumber, assistant, timestamp...) carry call data the model has no use for.
 OPENAI_CHAT_FIELDS = frozenset(
@@ -96,8 +116,31 @@ def _json_setting(name: str, value: str) -> dict[str, Any] | None:
         return None
 
 
-def assistant_response(settings: Settings) -> dict[str, Any]:
-    """The assistant-request answer: from settings only, as VAPI allows 7.5 s in all."""
+async def model_sampling(client: OllamaClient, model: str) -> dict[str, Any]:
+    """`temperature` and `maxTokens` from the model's PARAMETERs in VAPI's ranges; {} if unknown."""
+    try:
+        parameters = await client.model_parameters(model, timeout_s=SHOW_TIMEOUT_S)
+    except WorkerError as exc:
+        log.warning(
+            "assistant-request: %s's parameters are unknown (%s); VAPI's defaults apply",
+            model,
+            exc.code,
+        )
+        return {}
+    sampling: dict[str, Any] = {}
+    temperature = parameters.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        low, high = TEMPERATURE_RANGE
+        sampling["temperature"] = min(max(float(temperature), low), high)
+    limit = parameters.get("num_predict")
+    # num_predict -1 (no limit) or -2 (fill the context) has no VAPI equivalent.
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        sampling["maxTokens"] = min(max(limit, MAX_TOKENS_RANGE[0]), MAX_TOKENS_RANGE[1])
+    return sampling
+
+
+async def assistant_response(settings: Settings, client: OllamaClient) -> dict[str, Any]:
+    """The assistant-request answer, from settings and (briefly) the model's own PARAMETERs."""
     if settings.vapi_assistant_id:
         return {"assistantId": settings.vapi_assistant_id}
     if settings.vapi_assistant_json:
@@ -120,22 +163,125 @@ def assistant_response(settings: Settings) -> dict[str, Any]:
         "model": settings.default_model,
         # Without this VAPI adds the large call, customer and phone number objects to every turn.
         "metadataSendMode": "off",
+        # VAPI sends these on every turn; unset, its own defaults would override the model's.
+        **await model_sampling(client, settings.default_model),
     }
     if prompt := system_prompt(os.environ.get("MODELFILE") or str(MODELFILE)):
         model["messages"] = [{"role": "system", "content": prompt}]
     return {"assistant": {"firstMessage": settings.vapi_first_message, "model": model}}
 
 
-def transfer_response(settings: Settings) -> dict[str, Any]:
-    """The transfer-destination-request answer from VAPI_TRANSFER_DESTINATION."""
-    if not settings.vapi_transfer_destination:
-        log.error("transfer-destination-request: VAPI_TRANSFER_DESTINATION is not set")
-        return {"error": NO_TRANSFER}
-    value = _json_setting("VAPI_TRANSFER_DESTINATION", settings.vapi_transfer_destination)
-    if value is None:
-        return {"error": NO_TRANSFER}
-    # A whole answer (`destination` plus a spoken `message`) is passed as it is.
-    return value if "destination" in value else {"destination": value}
+async def _hook_or_default(
+    tools: Tools, hook: str, message: dict[str, Any], settings: Settings, kind: str, call: str
+) -> tuple[Any, str | None]:
+    """The hook's answer, NO_HOOK when it has none or returns None, or why it failed."""
+    try:
+        value = await call_hook(tools, hook, settings.vapi_tool_timeout_s, message=message)
+    except HookFailed as exc:
+        log.error("%s call_id=%s: %s; refusing", kind, call, exc)
+        return None, str(exc)
+    return (NO_HOOK if value is None else value), None
+
+
+async def destination_response(
+    message: dict[str, Any],
+    settings: Settings,
+    *,
+    kind: str,
+    hook: str,
+    setting: tuple[str, str],
+    refusal: dict[str, Any],
+) -> dict[str, Any]:
+    """A transfer or handoff answer: the hook's destination, else the setting's, else `refusal`.
+
+    The hook goes first; when it returns None the setting is used. A whole answer (a dict with
+    `destination`, plus VAPI's optional `message`, `result` or `error`) is passed as it is.
+    """
+    call = _call_id(message) or "-"
+    tools = await get_tools(settings.vapi_tools_module)
+    value, failed = await _hook_or_default(tools, hook, message, settings, kind, call)
+    if failed:
+        return refusal
+    if value is NO_HOOK:
+        name, raw = setting
+        if not raw:
+            log.error("%s call_id=%s: no %s hook and no %s; refusing", kind, call, hook, name)
+            return refusal
+        value = _json_setting(name, raw)
+        if value is None:
+            return refusal
+    answer = value if isinstance(value, dict) and "destination" in value else {"destination": value}
+    if not isinstance(answer["destination"], dict):
+        log.error("%s call_id=%s: the destination is not a JSON object; refusing", kind, call)
+        return refusal
+    return answer
+
+
+async def transfer_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """transfer-destination-request: the `transfer_destination` hook, else the setting."""
+    return await destination_response(
+        message,
+        settings,
+        kind="transfer-destination-request",
+        hook="transfer_destination",
+        setting=("VAPI_TRANSFER_DESTINATION", settings.vapi_transfer_destination),
+        refusal={"error": NO_TRANSFER},
+    )
+
+
+async def handoff_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """handoff-destination-request: the `handoff_destination` hook, else the setting."""
+    # VAPI's docs refuse with an empty destination or an error; its schema requires the first.
+    return await destination_response(
+        message,
+        settings,
+        kind="handoff-destination-request",
+        hook="handoff_destination",
+        setting=("VAPI_HANDOFF_DESTINATION", settings.vapi_handoff_destination),
+        refusal={"destination": {}, "error": NO_HANDOFF},
+    )
+
+
+async def endpointing_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """call.endpointing.request: `{"timeoutSeconds"}` from the hook, else the setting."""
+    kind, call = "call.endpointing.request", _call_id(message) or "-"
+    tools = await get_tools(settings.vapi_tools_module)
+    value, failed = await _hook_or_default(
+        tools, "endpointing_timeout", message, settings, kind, call
+    )
+    if failed:
+        return {"error": NO_ENDPOINTING}
+    if value is NO_HOOK:
+        value = settings.vapi_endpointing_timeout_s
+        if value is None:
+            log.error(
+                "%s call_id=%s: no endpointing_timeout hook and VAPI_ENDPOINTING_TIMEOUT_S is "
+                "not set; refusing",
+                kind,
+                call,
+            )
+            return {"error": NO_ENDPOINTING}
+    low, high = ENDPOINTING_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        log.error("%s call_id=%s: the timeout is not %g to %g s; refusing", kind, call, low, high)
+        return {"error": NO_ENDPOINTING}
+    return {"timeoutSeconds": float(value)}
+
+
+async def predial_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """campaign.predial: `{"eligible"}` from the hook; without a yes, the contact is skipped."""
+    kind, call = "campaign.predial", _call_id(message) or "-"
+    tools = await get_tools(settings.vapi_tools_module)
+    value, failed = await _hook_or_default(tools, "campaign_predial", message, settings, kind, call)
+    if failed:
+        return {"eligible": False}
+    if value is NO_HOOK:
+        log.error("%s call_id=%s: no campaign_predial hook; skipping the contact", kind, call)
+        return {"eligible": False}
+    if not isinstance(value, bool):
+        log.error("%s call_id=%s: the hook did not return a bool; skipping the contact", kind, call)
+        return {"eligible": False}
+    return {"eligible": value}
 
 
 def tool_call_list(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,20 +364,34 @@ def acknowledge(kind: str, call_id: str | None, *sources: dict[str, Any]) -> dic
 
 
 async def message_response(
-    message: dict[str, Any], payload: dict[str, Any], call_id: str | None, settings: Settings
+    message: dict[str, Any],
+    payload: dict[str, Any],
+    call_id: str | None,
+    settings: Settings,
+    client: OllamaClient,
 ) -> dict[str, Any]:
     """The body VAPI expects back for a server message, chosen by its `type`."""
     match kind := message["type"]:
         case "assistant-request":
-            return assistant_response(settings)
+            return await assistant_response(settings, client)
         case "tool-calls":
             return await tool_calls_response(message, settings)
         case "function-call":
             return await function_call_response(message, settings)
         case "transfer-destination-request":
-            return transfer_response(settings)
+            return await transfer_response(message, settings)
         case "knowledge-base-request":
             return await knowledge_base_response(message, settings)
+        case "handoff-destination-request":
+            return await handoff_response(message, settings)
+        case "call.endpointing.request":
+            return await endpointing_response(message, settings)
+        case "campaign.predial":
+            return await predial_response(message, settings)
+        case "voice-request":
+            # VAPI wants raw PCM here; an error at least says why there is none.
+            log.error("voice-request call_id=%s: %s", call_id or "-", NO_SPEECH)
+            return {"error": NO_SPEECH}
         case _:
             return acknowledge(kind, call_id, message, payload)
 
@@ -241,11 +401,19 @@ async def run_vapi(
 ) -> AsyncIterator[Any]:
     """Authenticate, then answer the server message or custom-LLM request in `job.payload`."""
     payload = job.payload
-    check_webhook_auth(settings.vapi_webhook_secret, job.headers, job.raw_body, payload)
+    check_webhook_auth(
+        settings.vapi_webhook_secret,
+        job.headers,
+        job.raw_body,
+        payload,
+        plan=settings.vapi_auth_plan,
+        method=job.method,
+        url=job.url,
+    )
     message = payload.get("message")
     if isinstance(message, dict) and isinstance(message.get("type"), str):
         call_id = _call_id(message, payload)
-        response = await message_response(message, payload, call_id, settings)
+        response = await message_response(message, payload, call_id, settings, client)
         yield {"response": response, "message_type": message["type"], "call_id": call_id}
         return
     if not isinstance(payload.get("messages"), list):

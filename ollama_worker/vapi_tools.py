@@ -18,7 +18,25 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE_BASE_HOOK = "knowledge_base"
+# Functions the worker itself calls for one kind of VAPI server message: hooks, not tools.
+HOOKS: dict[str, str] = {
+    "knowledge_base": "knowledge-base-request",
+    "transfer_destination": "transfer-destination-request",
+    "handoff_destination": "handoff-destination-request",
+    "endpointing_timeout": "call.endpointing.request",
+    "campaign_predial": "campaign.predial",
+}
+
+
+class NoHook:
+    """The tools module defines no such hook (or there is no module)."""
+
+
+NO_HOOK = NoHook()
+
+
+class HookFailed(Exception):
+    """A hook raised or ran out of time; the message says which and how, never the call."""
 
 
 @dataclass(frozen=True)
@@ -27,12 +45,12 @@ class Tools:
 
     functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     problem: str = "VAPI_TOOLS_MODULE is not set"
-    knowledge_base: Callable[..., Any] | None = None
+    hooks: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 def _is_tool(module: Any, name: str, value: Any) -> bool:
     """Whether a module attribute is a tool: public, callable, and the module's own."""
-    if name.startswith("_") or not callable(value) or name == KNOWLEDGE_BASE_HOOK:
+    if name.startswith("_") or not callable(value) or name in HOOKS:
         return False
     exported = getattr(module, "__all__", None)
     if exported is not None:
@@ -54,13 +72,14 @@ def load_tools(module_name: str) -> Tools:
     functions = {
         name: value for name, value in vars(module).items() if _is_tool(module, name, value)
     }
-    hook = getattr(module, KNOWLEDGE_BASE_HOOK, None)
-    log.info("VAPI tools from %s: %s", module_name, ", ".join(sorted(functions)) or "none")
-    return Tools(
-        functions=functions,
-        problem=f"{module_name} has no such function",
-        knowledge_base=hook if callable(hook) else None,
+    hooks = {name: hook for name in HOOKS if callable(hook := getattr(module, name, None))}
+    log.info(
+        "VAPI tools from %s: %s; hooks: %s",
+        module_name,
+        ", ".join(sorted(functions)) or "none",
+        ", ".join(hooks) or "none",
     )
+    return Tools(functions=functions, problem=f"{module_name} has no such function", hooks=hooks)
 
 
 async def get_tools(module_name: str) -> Tools:
@@ -103,6 +122,11 @@ def as_text(value: Any) -> str:
 async def call_tool(tools: Tools, name: str, arguments: Any, timeout_s: float) -> dict[str, str]:
     """Run one tool: `{"result": text}` on success, `{"error": text}` on any failure."""
     function = tools.functions.get(name)
+    if name in HOOKS:
+        return {
+            "error": f"unknown tool {name!r}: {name} is a hook the worker calls for VAPI's "
+            f"{HOOKS[name]} message, not a tool the model can call"
+        }
     if function is None:
         return {"error": f"unknown tool {name!r}: {tools.problem}"}
     try:
@@ -139,14 +163,28 @@ async def knowledge_base_documents(
     tools: Tools, query: str, messages: list[Any], timeout_s: float
 ) -> list[dict[str, Any]]:
     """The hook's documents for a knowledge-base request; none when it is missing or fails."""
-    if tools.knowledge_base is None:
+    hook = tools.hooks.get("knowledge_base")
+    if hook is None:
         return []
     try:
-        found = await invoke(
-            tools.knowledge_base, {"query": query, "messages": messages}, timeout_s
-        )
+        found = await invoke(hook, {"query": query, "messages": messages}, timeout_s)
         return [_document(item) for item in found or []]
     except Exception:
         # VAPI's answer has no error form: the model goes on without documents.
         log.warning("VAPI knowledge_base hook failed; answering no documents", exc_info=True)
         return []
+
+
+async def call_hook(tools: Tools, name: str, timeout_s: float, **kwargs: Any) -> Any:
+    """A hook's return value, NO_HOOK when the module has none; raise HookFailed on failure."""
+    hook = tools.hooks.get(name)
+    if hook is None:
+        return NO_HOOK
+    try:
+        return await invoke(hook, kwargs, timeout_s)
+    except TimeoutError:
+        raise HookFailed(f"the {name} hook did not finish within {timeout_s:g} s") from None
+    except Exception as exc:
+        # The traceback is the module author's to read; the reason given on is only its type.
+        log.warning("VAPI hook %s failed", name, exc_info=True)
+        raise HookFailed(f"the {name} hook raised {type(exc).__name__}") from None

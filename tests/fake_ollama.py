@@ -401,6 +401,22 @@ def _param_billions(name: str) -> float:
     return float(match.group(1)) if match else 8.0
 
 
+def _go_value(value: Any) -> str:
+    """A PARAMETER value as Ollama's ``%#v`` prints it, each number a float64 (JSON-loaded)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return json.dumps(value, ensure_ascii=False)  # strconv.Quote keeps printable Unicode
+    import decimal  # only /api/show needs it
+
+    number = decimal.Decimal(repr(float(value))).normalize()
+    exponent = number.adjusted()
+    # strconv.FormatFloat(v, 'g', -1, 64): "1" not "1.0", and %e from 1e+06 up or below 1e-04.
+    if number.is_zero() or -4 <= exponent < 6:
+        return format(number, "f")
+    sign, digits, _ = number.as_tuple()
+    mantissa = ".".join(filter(None, [str(digits[0]), "".join(map(str, digits[1:]))]))
+    return f"{'-' if sign else ''}{mantissa}e{exponent:+03d}"
+
+
 @dataclass
 class ModelEntry:
     """One installed model with the metadata /api/tags and /api/show report."""
@@ -462,7 +478,7 @@ class ModelEntry:
         lines = []
         for key, value in self.parameters.items():
             for item in value if isinstance(value, list) else [value]:
-                lines.append(f"{key:<30} {json.dumps(item)}")
+                lines.append(f"{key:<30} {_go_value(item)}")
         return "\n".join(lines)
 
     def modelfile(self) -> str:

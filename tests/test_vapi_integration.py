@@ -27,6 +27,7 @@ from tests.vapi_fixtures import (
 
 AUTH = {"X-Vapi-Secret": SECRET}
 RUNPOD_URL = "https://api.runpod.ai/v2/ep-it/openai/v1"
+HANDOFF = {"type": "assistant", "assistantName": "Billing"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def workers(fake_server: FakeOllama) -> Iterator[dict[str, WorkerProcess]]:
         "VAPI_TOOLS_MODULE": TOOLS_MODULE,
         "RUNPOD_ENDPOINT_ID": "ep-it",
         "VAPI_TRANSFER_DESTINATION": json.dumps(TRANSFER),
+        "VAPI_HANDOFF_DESTINATION": json.dumps(HANDOFF),
+        "VAPI_ENDPOINTING_TIMEOUT_S": "0.7",
         "OLLAMA_RETRY_DEADLINE_S": "5",
         "LOG_LEVEL": "DEBUG",
     }
@@ -87,10 +90,17 @@ def test_every_message_type_is_answered_as_vapi_expects(
                 {"content": "Returns are free within 30 days.", "similarity": 0.9, "uuid": "r1"}
             ]
         },
+        "handoff_destination_request": {"destination": HANDOFF},
+        "call_endpointing_request": {"timeoutSeconds": 0.7},
+        # The tests' campaign_predial hook says nothing unless told: the contact is skipped.
+        "campaign_predial": {"eligible": False},
+        "voice_request": {"error": item["response"].get("error")},
     }.get(name, {})
     assert item["response"] == expected
     if name == "assistant_request":
         assert item["response"]["assistant"]["model"]["url"] == RUNPOD_URL
+    if name == "voice_request":
+        assert "does not synthesise speech" in item["response"]["error"]
 
 
 def test_custom_llm_whole_and_streamed(workers: dict[str, WorkerProcess], fake: FakeOllama) -> None:

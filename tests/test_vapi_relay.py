@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,8 +12,17 @@ from fastapi.testclient import TestClient
 from examples import vapi_relay
 from tests.fake_ollama import FakeOllama
 from tests.harness import WorkerProcess
+from tests.vapi_fixtures import vapi_sign
 
 SECRET = "relay-test-secret"
+# An HMAC credential that signs the method and the URL too, which only the relay knows.
+PLAN = {
+    "type": "hmac",
+    "algorithm": "sha512",
+    "signatureHeader": "X-Relay-Signature",
+    "payloadFormat": "{method} {url} {timestamp}.{body}",
+    "signatureEncoding": "base64",
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +72,41 @@ def test_relay_refuses_a_wrong_secret(relay: TestClient) -> None:
     assert answer.status_code == 401
     assert answer.json()["error"].startswith("UNAUTHORIZED: ")
     assert SECRET not in answer.text
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1, 2]"])
+def test_relay_answers_a_body_that_is_not_a_json_object_with_a_4xx(
+    relay: TestClient, body: bytes
+) -> None:
+    answer = relay.post("/vapi", content=body, headers={"X-Vapi-Secret": SECRET})
+    assert answer.status_code == 400
+    assert list(answer.json()) == ["error"]
+
+
+@pytest.fixture(scope="module")
+def planned_worker(fake_server: FakeOllama) -> Iterator[WorkerProcess]:
+    env = {
+        "OLLAMA_HOST": fake_server.host_port,
+        "VAPI_WEBHOOK_SECRET": SECRET,
+        "VAPI_AUTH_PLAN": json.dumps(PLAN),
+    }
+    with WorkerProcess(env) as worker:
+        yield worker
+
+
+def test_relay_forwards_what_an_hmac_plan_signs(
+    planned_worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNPOD_RUNSYNC_URL", f"{planned_worker.url}/runsync")
+    relay = TestClient(vapi_relay.app)
+    body = json.dumps({"message": {"type": "hang", "call": {"id": "c4"}}})
+    url = "http://testserver/vapi?assistant=a1"
+    stamp = str(int(time.time()))
+    headers = vapi_sign(PLAN, SECRET, body, timestamp=stamp, method="POST", url=url)
+    answer = relay.post(url, content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {}
+    # The same signature for another URL is refused.
+    other = relay.post("http://testserver/vapi?assistant=a2", content=body, headers=headers)
+    assert other.status_code == 401
+    assert other.json()["error"].startswith("UNAUTHORIZED: X-Relay-Signature does not match")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -27,6 +28,10 @@ MESSAGE_TYPES: dict[str, str | None] = {
     "function_call": None,
     "transfer_destination_request": "ServerMessageTransferDestinationRequest",
     "knowledge_base_request": "ServerMessageKnowledgeBaseRequest",
+    "handoff_destination_request": "ServerMessageHandoffDestinationRequest",
+    "call_endpointing_request": "ServerMessageCallEndpointingRequest",
+    "campaign_predial": "ServerMessageCampaignPredial",
+    "voice_request": "ServerMessageVoiceRequest",
     "status_update": "ServerMessageStatusUpdate",
     "end_of_call_report": "ServerMessageEndOfCallReport",
     "end_of_call_report_legacy": None,
@@ -64,7 +69,13 @@ RESPONSE_TYPES: dict[str, str] = {
     "tool-calls": "ServerMessageResponseToolCalls",
     "transfer-destination-request": "ServerMessageResponseTransferDestinationRequest",
     "knowledge-base-request": "ServerMessageResponseKnowledgeBaseRequest",
+    "handoff-destination-request": "ServerMessageResponseHandoffDestinationRequest",
+    "call.endpointing.request": "ServerMessageResponseCallEndpointingRequest",
+    "campaign.predial": "ServerMessageResponseCampaignPredial",
 }
+# Refusals whose type has no error field: VAPI's universal `{"error"}` (voice-request's SDK type
+# only documents raw PCM; call.endpointing.request's requires timeoutSeconds).
+ERROR_ONLY = ("voice-request", "call.endpointing.request")
 # Hashes of the (type, data) pairs the SDK accepted in this run. Loading an SDK class compiles
 # a validator of VAPI's whole type graph (about 10 s of CPU, then 0.6 s a message type), so
 # the same data is not validated twice in one run.
@@ -101,7 +112,10 @@ def validate(type_name: str, data: Any) -> None:
 
 def check_response(message_type: str, response: Any) -> None:
     """Assert `response` is a body VAPI accepts for a message of `message_type`."""
-    if message_type in RESPONSE_TYPES:
+    if message_type in ERROR_ONLY and list(response) == ["error"]:
+        assert isinstance(response["error"], str), response
+        assert response["error"], response
+    elif message_type in RESPONSE_TYPES:
         validate(RESPONSE_TYPES[message_type], response)
     elif message_type == "function-call":
         assert list(response) == ["result"], response
@@ -115,8 +129,10 @@ def check_response(message_type: str, response: Any) -> None:
 def sse_chunks(items: list[Any]) -> tuple[list[ChatCompletionChunk], str]:
     """Parse streamed SSE items: the validated chunks and their joined `delta.content`."""
     assert all(isinstance(item, str) and item.endswith("\n\n") for item in items), items
-    assert items[-1] == "data: [DONE]\n\n"
-    chunks = [ChatCompletionChunk.model_validate_json(item[6:]) for item in items[:-1]]
+    # One item may carry several events, so that a stream is not held back by one POST each.
+    events = "".join(items).removesuffix("\n\n").split("\n\n")
+    assert events[-1] == "data: [DONE]"
+    chunks = [ChatCompletionChunk.model_validate_json(event[6:]) for event in events[:-1]]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return chunks, text
 
@@ -145,3 +161,47 @@ def tool_calls(*calls: tuple[str, str, Any]) -> dict[str, Any]:
     if all(isinstance(arguments, str) for _, _, arguments in calls):
         validate("ServerMessageToolCalls", message)
     return {"message": message}
+
+
+def vapi_sign(
+    plan: dict[str, Any],
+    secret: str,
+    body: str,
+    *,
+    timestamp: str,
+    method: str = "POST",
+    url: str = "",
+    message_id: str = "",
+) -> dict[str, str]:
+    """The headers VAPI sends for an HMAC credential, written from VAPI's field docs alone.
+
+    `vapi/types/hmac_authentication_plan.py`: the payload is `payloadFormat` (default
+    '{timestamp}.{body}', timestamp included by default) with {body}, {timestamp}, {method},
+    {url} and {svix-id} filled in; the key is the secret, base64-decoded if `secretIsBase64`;
+    the signature goes, after `signaturePrefix`, in `signatureHeader` (default 'x-signature'),
+    encoded as `signatureEncoding` (default 'hex'); the timestamp in `timestampHeader`
+    (default 'x-timestamp'); the message id in `messageIdHeader`.
+    """
+    default_format = "{timestamp}.{body}" if plan.get("includeTimestamp", True) else "{body}"
+    payload = plan.get("payloadFormat", default_format)
+    for placeholder, value in (
+        ("{timestamp}", timestamp),
+        ("{method}", method),
+        ("{url}", url),
+        ("{svix-id}", message_id),
+        ("{body}", body),  # last, so the body's own text is never substituted
+    ):
+        payload = payload.replace(placeholder, value)
+    key = base64.b64decode(secret) if plan.get("secretIsBase64") else secret.encode()
+    mac = hmac.new(key, payload.encode(), getattr(hashlib, plan["algorithm"]))
+    if plan.get("signatureEncoding", "hex") == "base64":
+        signature = base64.b64encode(mac.digest()).decode()
+    else:
+        signature = mac.hexdigest()
+    prefix = plan.get("signaturePrefix", "")
+    headers = {plan.get("signatureHeader", "x-signature"): prefix + signature}
+    if plan.get("includeTimestamp", True):
+        headers[plan.get("timestampHeader", "x-timestamp")] = timestamp
+    if plan.get("messageIdHeader"):
+        headers[plan["messageIdHeader"]] = message_id
+    return headers

@@ -56,5 +56,44 @@ def knowledge_base(query: str, messages: list[dict[str, Any]]) -> list[dict[str,
     return DOCUMENTS
 
 
+# What each message hook answers (None: defer to the environment; an exception: raised), set
+# by a test, and the message each hook last received.
+hook_answers: dict[str, Any] = {}
+hook_messages: dict[str, dict[str, Any]] = {}
+
+
+async def _hook(name: str, message: dict[str, Any]) -> Any:
+    hook_messages[name] = message
+    answer = hook_answers.get(name)
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+async def transfer_destination(message: dict[str, Any]) -> Any:
+    """The transfer-destination-request hook."""
+    return await _hook("transfer_destination", message)
+
+
+async def handoff_destination(message: dict[str, Any]) -> Any:
+    """The handoff-destination-request hook."""
+    return await _hook("handoff_destination", message)
+
+
+def endpointing_timeout(message: dict[str, Any]) -> Any:
+    """The call.endpointing.request hook, sync like most user code."""
+    hook_messages["endpointing_timeout"] = message
+    answer = hook_answers.get("endpointing_timeout")
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+async def campaign_predial(message: dict[str, Any]) -> Any:
+    """The campaign.predial hook; sleeps first when told to, to outlast the hook timeout."""
+    await asyncio.sleep(hook_answers.get("campaign_predial_delay_s", 0))
+    return await _hook("campaign_predial", message)
+
+
 # Imported names are not tools, though public and callable.
 dumps = json.dumps
