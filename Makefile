@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup test lint run dev bench
+.PHONY: setup test lint run dev bench smoke
 
 ## Create the virtual environment with the worker's and the tests' requirements.
 setup:
@@ -35,3 +35,8 @@ dev:
 
 bench:
 	$(PY) -m bench
+
+## Send .runpod/tests.json to a worker: `make smoke URL=http://localhost:8000` (the default),
+## or `make smoke ENDPOINT_ID=...` with RUNPOD_API_KEY set; VAPI_WEBHOOK_SECRET is sent if set.
+smoke:
+	$(PY) scripts/smoke.py $(if $(ENDPOINT_ID),--endpoint-id $(ENDPOINT_ID),$(or $(URL),http://localhost:8000))

@@ -5,6 +5,10 @@ Local container (`docker run -p 8000:8000 IMAGE --rp_serve_api --rp_api_host 0.0
 Deployed endpoint (needs RUNPOD_API_KEY):
     python scripts/smoke.py --endpoint-id ENDPOINT_ID
 
+A worker with VAPI_WEBHOOK_SECRET set refuses unauthenticated vapi_webhook jobs: the VAPI job is
+sent with `X-Vapi-Secret` from --vapi-secret, or from VAPI_WEBHOOK_SECRET in the environment.
+(A worker with a VAPI_AUTH_PLAN accepts only that plan's credential, so its VAPI job fails.)
+
 Prints one line per job and exits 1 if any job failed, 2 on bad usage.
 """
 
@@ -130,15 +134,27 @@ def run_job(client: httpx.Client, job_input: dict[str, Any], timeout_s: float) -
     return answer.get("output")
 
 
+def with_vapi_secret(job_input: dict[str, Any], secret: str) -> dict[str, Any]:
+    """A vapi_webhook job carrying the secret as VAPI's legacy header; other jobs unchanged."""
+    if not secret or job_input.get("type") != "vapi_webhook":
+        return job_input
+    return {**job_input, "headers": {**job_input.get("headers", {}), "X-Vapi-Secret": secret}}
+
+
 def smoke(
-    base_url: str, *, headers: dict[str, str], default_model: str, tests: list[dict[str, Any]]
+    base_url: str,
+    *,
+    headers: dict[str, str],
+    default_model: str,
+    tests: list[dict[str, Any]],
+    vapi_secret: str = "",
 ) -> int:
     """Run every test job; returns the number that failed."""
     failures = 0
     with httpx.Client(base_url=base_url, headers=headers) as client:
         for test in tests:
             name = test.get("name", "?")
-            job_input = test["input"]
+            job_input = with_vapi_secret(test["input"], vapi_secret)
             timeout_s = float(test.get("timeout", 60_000)) / 1000
             started = time.monotonic()
             try:
@@ -167,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the default model health must list (if health does not name one)",
     )
     parser.add_argument("--tests", type=Path, default=TESTS_JSON, help="tests.json to run")
+    parser.add_argument(
+        "--vapi-secret",
+        default=os.environ.get("VAPI_WEBHOOK_SECRET", ""),
+        help="sent as X-Vapi-Secret with the vapi_webhook job; default: $VAPI_WEBHOOK_SECRET "
+        "(needed when the worker has VAPI_WEBHOOK_SECRET set)",
+    )
     args = parser.parse_args(argv)
 
     headers: dict[str, str] = {}
@@ -181,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url = args.url.rstrip("/")
 
     tests = load_tests(args.tests)
-    failures = smoke(base_url, headers=headers, default_model=args.model, tests=tests)
+    failures = smoke(
+        base_url,
+        headers=headers,
+        default_model=args.model,
+        tests=tests,
+        vapi_secret=args.vapi_secret,
+    )
     print(f"{len(tests) - failures}/{len(tests)} jobs passed against {base_url}")
     return 1 if failures else 0
 

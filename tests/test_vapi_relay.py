@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from examples import vapi_relay
 from tests.fake_ollama import FakeOllama
-from tests.harness import WorkerProcess
+from tests.harness import ROOT, WorkerProcess
 from tests.vapi_fixtures import vapi_sign
 
 SECRET = "relay-test-secret"
@@ -110,3 +111,24 @@ def test_relay_forwards_what_an_hmac_plan_signs(
     other = relay.post("http://testserver/vapi?assistant=a2", content=body, headers=headers)
     assert other.status_code == 401
     assert other.json()["error"].startswith("UNAUTHORIZED: X-Relay-Signature does not match")
+
+
+def test_smoke_sends_the_vapi_secret(
+    secured_worker: WorkerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = importlib.util.spec_from_file_location("smoke", ROOT / "scripts" / "smoke.py")
+    assert spec is not None
+    assert spec.loader is not None
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    monkeypatch.delenv("VAPI_WEBHOOK_SECRET", raising=False)
+    assert smoke.main([secured_worker.url]) == 1
+    assert "FAIL vapi_status_update" in capsys.readouterr().out
+    assert smoke.main([secured_worker.url, "--vapi-secret", SECRET]) == 0
+    monkeypatch.setenv("VAPI_WEBHOOK_SECRET", SECRET)
+    assert smoke.main([secured_worker.url]) == 0
+    with pytest.raises(SystemExit):
+        smoke.main(["--help"])
+    assert "VAPI_WEBHOOK_SECRET" in capsys.readouterr().out
