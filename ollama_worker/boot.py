@@ -247,10 +247,55 @@ def _log(message: str) -> None:
     print(f"boot: {message}", file=sys.stderr, flush=True)
 
 
+def gpu_shares(base_url: str, *, timeout_s: float = 10.0) -> dict[str, float]:
+    """Each loaded model's share in GPU memory (`size_vram / size` from `/api/ps`), since a
+    model that did not fit the GPU runs partly on the CPU and answers several times slower."""
+    answer = _call_json(base_url, "/api/ps", timeout_s=timeout_s)
+    models = answer.get("models") if isinstance(answer, dict) else None
+    if not isinstance(models, list):
+        raise BootError(f"/api/ps answered an unexpected body: {answer!r}")
+    shares: dict[str, float] = {}
+    for entry in models:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name") or entry.get("model")
+        size, vram = entry.get("size"), entry.get("size_vram")
+        if isinstance(name, str) and isinstance(size, int) and size > 0 and isinstance(vram, int):
+            shares[name] = min(1.0, vram / size)
+    return shares
+
+
+def check_gpu_residency(base_url: str, min_fraction: float) -> None:
+    """Log one line per loaded model not wholly in GPU memory; raise BootError if one has less
+    than `min_fraction` of itself there (OLLAMA_MIN_GPU_FRACTION; 0 only warns)."""
+    too_little = []
+    for name, share in sorted(gpu_shares(base_url).items()):
+        if share >= 1:
+            continue
+        # Capped at 99, so that a model 99.9 % in GPU memory never reads as 100 %.
+        percent = f"{min(99, round(share * 100))}%"
+        _log(f"{name}: {percent} in GPU memory, the rest on the CPU; replies will be slow")
+        if share < min_fraction:
+            too_little.append(f"{name} ({percent})")
+    if too_little:
+        raise BootError(
+            f"{', '.join(too_little)} in GPU memory, below OLLAMA_MIN_GPU_FRACTION="
+            f"{min_fraction:g}; use a GPU with more memory, a smaller model or num_ctx, "
+            "or fewer OLLAMA_NUM_PARALLEL"
+        )
+
+
 def _ready(
-    base_url: str, model: str, *, timeout_s: float, pid: int | None, pull_on_boot: bool
+    base_url: str,
+    model: str,
+    *,
+    timeout_s: float,
+    pid: int | None,
+    pull_on_boot: bool,
+    min_gpu_fraction: float = 0.0,
 ) -> None:
-    """The run-mode sequence in one process: wait, check (or pull) the model, preload."""
+    """The run-mode sequence in one process: wait, check (or pull) the model, preload, and
+    check how much of it landed in GPU memory."""
     started = time.monotonic()
     version = wait_for_ollama(base_url, timeout_s, pid=pid)
     _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
@@ -267,6 +312,7 @@ def _ready(
         f"{model} loaded in {time.monotonic() - loading:.2f} s and kept in memory "
         f"(boot {time.monotonic() - started:.2f} s)"
     )
+    check_gpu_residency(base_url, min_gpu_fraction)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -328,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout_s=timeout_s,
                 pid=args.pid,
                 pull_on_boot=settings.pull_on_boot,
+                min_gpu_fraction=settings.min_gpu_fraction,
             )
     except (BootError, ConfigError) as exc:
         _log(str(exc))

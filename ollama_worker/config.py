@@ -6,6 +6,7 @@ Standard library only: the boot helper imports this module on the cold-start pat
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,18 +77,58 @@ def _env_endpointing_timeout() -> float | None:
     return value
 
 
+def _split_host_port(hostport: str) -> tuple[str, str]:
+    """Go's net.SplitHostPort: "h:p" or "[v6]:p"; ValueError when there is no port."""
+    if hostport.startswith("["):
+        host, bracket, rest = hostport[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(hostport)
+        return host, rest[1:]
+    host, colon, port = hostport.rpartition(":")
+    if not colon or ":" in host:  # no port, or a bare IPv6 address
+        raise ValueError(hostport)
+    return host, port
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
 def ollama_base_url(host: str) -> str:
-    """Turn an `OLLAMA_HOST` value ("0.0.0.0:11434", ":11434", "http://h:p") into a client URL."""
-    host = host.strip().rstrip("/")
-    scheme, _, rest = host.rpartition("://")
-    scheme = scheme or "http"
-    hostname, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    if not port.isdigit():  # a bare host name, or an IPv6 address with no port
-        hostname, port = rest, "11434"
+    """Turn an `OLLAMA_HOST` value into a client URL as Ollama reads it (envconfig.Host, and
+    ollama-python's `_parse_host`): `host:port`, `:port`, a bare host (port 11434), or a URL
+    whose missing port is its scheme's (http 80, https 443) and whose path is kept."""
+    scheme, sep, hostport = host.strip().partition("://")
+    default_port = {"http": 80, "https": 443}.get(scheme, 11434) if sep else 11434
+    if not sep:
+        scheme, hostport = "http", host.strip()
+    hostport, _, path = hostport.partition("/")
+    try:
+        hostname, port_text = _split_host_port(hostport)
+    except ValueError:  # no port: a bare name or address, IPv6 with or without brackets
+        hostname, port_text = hostport, ""
+    # Like Ollama, a port that is not a number in range falls back to the default.
+    port = int(port_text) if port_text.isdigit() and int(port_text) <= 65535 else default_port
+    if _is_ipv6(hostname.strip("[]")):
+        hostname = hostname.strip("[]")
     # A server bound to every interface is reached on the loopback.
-    if hostname in {"", "0.0.0.0", "[::]"}:
+    if hostname in {"", "0.0.0.0", "::"}:
         hostname = "127.0.0.1"
-    return f"{scheme}://{hostname}:{port}"
+    if _is_ipv6(hostname):
+        hostname = f"[{hostname}]"
+    path = path.strip("/")
+    return f"{scheme}://{hostname}:{port}" + (f"/{path}" if path else "")
+
+
+def _env_fraction(name: str) -> float:
+    """A share from 0 to 1; unset is 0."""
+    value = _env_number(name, 0.0)
+    if value > 1:
+        raise ConfigError(f"{name}={value:g} is a share of the model: give 0 to 1")
+    return value
 
 
 @dataclass(frozen=True)
@@ -118,6 +159,8 @@ class Settings:
     vapi_auth_plan: AuthPlan | None = None
     vapi_handoff_destination: str = ""
     vapi_endpointing_timeout_s: float | None = None
+    # Boot fails when a loaded model has less of itself in GPU memory; 0 only warns.
+    min_gpu_fraction: float = 0.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -134,6 +177,7 @@ class Settings:
             stop_grace_s=_env_number("WORKER_STOP_GRACE_S", 5.0),
             boot_timeout_s=_env_number("OLLAMA_BOOT_TIMEOUT_S", 120.0, minimum=0.001),
             pull_on_boot=_env_flag("OLLAMA_PULL_ON_BOOT"),
+            min_gpu_fraction=_env_fraction("OLLAMA_MIN_GPU_FRACTION"),
             pull_models=tuple(
                 name for name in _env_str("PULL_MODELS", "llama3.1:8b").replace(",", " ").split()
             ),

@@ -257,6 +257,16 @@ class OllamaClient:
         reply = await self.call(self.native.list)
         return [m.model for m in reply.models if m.model]
 
+    async def gpu_shares(self) -> dict[str, float]:
+        """Each loaded model's share in GPU memory (`size_vram / size` from `/api/ps`): below
+        1, part of it runs on the CPU and it answers several times slower."""
+        reply = await self.call(self.native.ps)
+        return {
+            m.model: round(min(1.0, (m.size_vram or 0) / m.size), 3) if m.size else 1.0
+            for m in reply.models
+            if m.model
+        }
+
     async def loaded_models(self) -> list[str]:
         """Names of the models Ollama holds in memory."""
         reply = await self.call(self.native.ps)

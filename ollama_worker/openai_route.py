@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -11,6 +13,22 @@ from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient
 
 SSE_ERROR_PREFIX = 'data: {"error"'
+# Ollama 0.12.10 turns an error after a /v1 stream began into one empty chunk whose model is
+# "" and ends the stream without [DONE] (middleware/openai.go): both mean a cut-off reply.
+EMPTY_MODEL = ('"model":""', '"model": ""')
+TRUNCATED = "Ollama's reply broke off mid-stream"
+
+
+def stream_failure(line: str) -> str | None:
+    """Why an SSE `data:` line shows that Ollama failed mid-stream, or None if it does not."""
+    if line.startswith(SSE_ERROR_PREFIX):
+        return f"Ollama failed mid-stream: {line[6:]}"
+    if any(marker in line for marker in EMPTY_MODEL):
+        with contextlib.suppress(ValueError):
+            chunk = json.loads(line[5:])
+            if isinstance(chunk, dict) and chunk.get("model") == "":
+                return f"{TRUNCATED} (an empty chunk with no model; Ollama's log says why)"
+    return None
 
 
 def _content_chars(content: Any) -> int:
@@ -64,6 +82,9 @@ async def run_openai(
         return
     body = dict(body or {})
     body["model"] = body.get("model") or settings.default_model
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
+        # Ollama 0.12.10 reads only max_tokens: sent as is, the newer name would limit nothing.
+        body["max_tokens"] = body.pop("max_completion_tokens")
     if (chars := text_chars(body)) > settings.max_input_chars:
         raise WorkerError(
             ErrorCode.INVALID_INPUT,
@@ -75,14 +96,19 @@ async def run_openai(
         if body.get("stream") is not True:
             yield await client.raw_json("POST", route, body)
             return
+        finished = False
         async with aclosing(client.raw_lines(route, body)) as lines:
             async for line in lines:
                 if not line.startswith("data:"):
                     continue  # event separators, comments, keep-alives
-                if line.startswith(SSE_ERROR_PREFIX):
-                    message = f"Ollama failed mid-stream: {line[6:]}"
-                    raise WorkerError(ErrorCode.OLLAMA_ERROR, message)
+                if failure := stream_failure(line):
+                    raise WorkerError(ErrorCode.OLLAMA_ERROR, f"{failure}; retry the job")
+                finished = line[5:].strip() == "[DONE]"
                 yield line + "\n\n"
+        if not finished:
+            raise WorkerError(
+                ErrorCode.OLLAMA_ERROR, f"{TRUNCATED} (no data: [DONE]); retry the job"
+            )
     except WorkerError as exc:
         if exc.code is ErrorCode.MODEL_NOT_FOUND:
             raise await client.model_not_found(str(body["model"])) from exc

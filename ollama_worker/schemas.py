@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ollama_worker.errors import ErrorCode, WorkerError
 
@@ -61,6 +69,18 @@ class ChatJob(_Input):
     keep_alive: KeepAlive | None = None
     stream: bool = False
 
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens_counts_tokens(cls, value: int | None) -> int | None:
+        # Ollama's num_predict also takes -1 (no limit) and -2 (fill the context); as a count
+        # of tokens anything below 1 is a mistake, and those two stay reachable in `options`.
+        if value is not None and value < 1:
+            raise ValueError(
+                f"must be at least 1, not {value} (Ollama's num_predict -1, no limit, "
+                "or -2, fill the context, go in options.num_predict)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_conversation(self) -> ChatJob:
         given = [key for key in CHAT_KEYS if getattr(self, key) is not None]
@@ -111,6 +131,9 @@ OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/e
 
 class OpenAIJob(_Input):
     """RunPod's OpenAI-compatible route, as the platform hands it to the handler."""
+
+    # RunPod owns this envelope and may add keys to it: ignore those we do not know.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     openai_route: str
     openai_input: JSONObject | None = None

@@ -369,7 +369,13 @@ def _cli(monkeypatch: pytest.MonkeyPatch, url: str, *args: str, **env: str) -> i
 
     config.get_settings.cache_clear()
     monkeypatch.setenv("OLLAMA_HOST", url)
-    for name in ("DEFAULT_MODEL", "OLLAMA_PULL_ON_BOOT", "PULL_MODELS", "OLLAMA_BOOT_TIMEOUT_S"):
+    for name in (
+        "DEFAULT_MODEL",
+        "OLLAMA_PULL_ON_BOOT",
+        "PULL_MODELS",
+        "OLLAMA_BOOT_TIMEOUT_S",
+        "OLLAMA_MIN_GPU_FRACTION",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -386,6 +392,31 @@ def test_cli_ready_waits_checks_and_preloads(
     assert httpx.get(f"{fake.url}/_fake/stats").json()["loads"] == 1
     err = capsys.readouterr().err
     assert "voice-assistant loaded" in err
+    assert "GPU memory" not in err  # wholly on the GPU: nothing to say
+
+
+def test_cli_ready_says_when_a_model_runs_partly_on_the_cpu(
+    fake: FakeOllama, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.configure(gpu_fraction=0.5)
+    assert _cli(monkeypatch, fake.url, "ready") == 0  # unset minimum: a warning only
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "boot: voice-assistant:latest: 50% in GPU memory, the rest on the CPU; replies will be slow"
+    )
+    assert _cli(monkeypatch, fake.url, "ready", OLLAMA_MIN_GPU_FRACTION="0.4") == 0
+
+
+def test_cli_ready_fails_below_the_minimum_gpu_fraction(
+    fake: FakeOllama, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.configure(gpu_fraction=0.999)
+    assert _cli(monkeypatch, fake.url, "ready", OLLAMA_MIN_GPU_FRACTION="1") == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("boot: voice-assistant:latest (99%) in GPU memory, below ")
+    assert "OLLAMA_MIN_GPU_FRACTION=1;" in last
+    for bad in ("1.5", "most", "-0.1"):
+        assert _cli(monkeypatch, fake.url, "ready", OLLAMA_MIN_GPU_FRACTION=bad) == 1
+        assert "OLLAMA_MIN_GPU_FRACTION" in capsys.readouterr().err
 
 
 def test_cli_ready_fails_on_a_missing_model(
@@ -599,6 +630,22 @@ def test_run_refuses_a_missing_default_model(make_boot: Any) -> None:
     assert "qwen2.5:0.5b" in log
     assert not any("pull" in call for call in run.calls()), "downloaded at run time"
     assert not listening(run.ollama_port)
+    assert not listening(run.api_port)
+    assert run.leftovers() == []
+
+
+@pytest.mark.usefixtures("handler_ready")
+def test_run_stops_when_too_little_of_the_model_is_in_gpu_memory(make_boot: Any) -> None:
+    run = make_boot(
+        FAKE_OLLAMA_MODELS="voice-assistant:latest",
+        FAKE_OLLAMA_GPU_FRACTION="0.5",
+        OLLAMA_MIN_GPU_FRACTION="0.9",
+    ).serve()
+    code = run.wait(20)
+    log = run.log()
+    assert code != 0, log
+    assert "voice-assistant:latest: 50% in GPU memory, the rest on the CPU" in log
+    assert "below OLLAMA_MIN_GPU_FRACTION=0.9" in log
     assert not listening(run.api_port)
     assert run.leftovers() == []
 

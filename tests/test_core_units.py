@@ -9,11 +9,13 @@ from collections.abc import Callable
 import httpx
 import ollama
 import pytest
+from ollama._client import _parse_host
 
 from ollama_worker.chat import chat_request
 from ollama_worker.config import ConfigError, Settings, ollama_base_url
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient, is_retryable, to_worker_error
+from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
 
 
@@ -65,6 +67,19 @@ def test_job_types_are_discriminated() -> None:
     assert isinstance(parse({"openai_route": "/v1/models", "openai_input": {}}), OpenAIJob)
 
 
+def test_the_openai_envelope_tolerates_keys_runpod_may_add() -> None:
+    # RunPod owns this envelope; a key it adds one day must not fail every OpenAI request.
+    job = parse({"openai_route": "/v1/models", "openai_input": {}, "openai_trace": "x"})
+    assert isinstance(job, OpenAIJob)
+    assert job.openai_route == "/v1/models"
+
+
+def test_ollamas_own_num_predict_values_stay_reachable() -> None:
+    job = parse({"prompt": "hi", "max_tokens": 1, "options": {"num_predict": -2}})
+    assert isinstance(job, ChatJob)
+    assert chat_request(job, "m")["options"]["num_predict"] == -2
+
+
 @pytest.mark.parametrize(
     ("raw", "says"),
     [
@@ -81,6 +96,8 @@ def test_job_types_are_discriminated() -> None:
         ({"prompt": "hi", "stream": "maybe"}, "stream: Input should be a valid boolean"),
         ({"prompt": "hi", "model": ""}, "model: String should have at least 1 character"),
         ({"prompt": "hi", "think": "very"}, "think"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens: must be at least 1, not 0"),
+        ({"prompt": "hi", "max_tokens": -1}, "options.num_predict"),
         ({"type": "vapi_webhook"}, "payload: Field required"),
         ({"openai_route": "/v1/audio"}, "unknown openai_route '/v1/audio'"),
     ],
@@ -155,10 +172,37 @@ def test_pass_through_fields_and_default_model() -> None:
         (":9999", "http://127.0.0.1:9999"),
         ("localhost", "http://localhost:11434"),
         ("https://ollama.internal:443/", "https://ollama.internal:443"),
+        ("http://ollama.internal", "http://ollama.internal:80"),
+        ("https://ollama.internal", "https://ollama.internal:443"),
+        ("http://proxy:8080/ollama/", "http://proxy:8080/ollama"),
+        ("proxy/ollama", "http://proxy:11434/ollama"),
+        ("[::1]:9999", "http://[::1]:9999"),
+        ("::1", "http://[::1]:11434"),
+        ("[::]:11434", "http://127.0.0.1:11434"),
+        ("ollama:port", "http://ollama:11434"),  # Ollama falls back to the default port
+        ("", "http://127.0.0.1:11434"),
     ],
 )
 def test_ollama_host_forms(host: str, url: str) -> None:
     assert ollama_base_url(host) == url
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "1.2.3.4",
+        ":56789",
+        "http://1.2.3.4",
+        "https://example.com",
+        "https://example.com:56789/path/",
+        "example.com/path",
+        "[0001:002:003:0004::1]:56789/path",
+        "http://[0001:002:003:0004::1]",
+    ],
+)
+def test_ollama_host_is_read_as_the_ollama_client_reads_it(host: str) -> None:
+    # The native client parses our URL again: both must name the same server.
+    assert ollama_base_url(host) == _parse_host(host) == _parse_host(ollama_base_url(host))
 
 
 def test_settings_defaults_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,6 +218,17 @@ def test_settings_defaults_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MAX_CONCURRENCY", "lots")
     with pytest.raises(ConfigError, match="MAX_CONCURRENCY='lots' is not a number"):
         Settings.from_env()
+
+
+def test_min_gpu_fraction_is_a_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OLLAMA_MIN_GPU_FRACTION", raising=False)
+    assert Settings.from_env().min_gpu_fraction == 0.0  # unset: warn only
+    monkeypatch.setenv("OLLAMA_MIN_GPU_FRACTION", "0.8")
+    assert Settings.from_env().min_gpu_fraction == 0.8
+    for bad, says in (("1.2", "give 0 to 1"), ("-0.5", "at least 0"), ("all", "not a number")):
+        monkeypatch.setenv("OLLAMA_MIN_GPU_FRACTION", bad)
+        with pytest.raises(ConfigError, match=f"OLLAMA_MIN_GPU_FRACTION.*{says}"):
+            Settings.from_env()
 
 
 # --- error translation -------------------------------------------------------------------
@@ -346,3 +401,96 @@ async def test_non_json_error_bodies_keep_their_text() -> None:
     with pytest.raises(WorkerError) as caught:
         await client_with(responder).raw_json("GET", "/v1/models")
     assert str(caught.value) == "OLLAMA_ERROR: Ollama failed (HTTP 500): 502"
+
+
+# --- the OpenAI route's streams and fields, against scripted Ollama answers -----------------
+
+SAMPLING = {"temperature": 0.5, "top_p": 0.9}  # given, so no /api/show lookup is needed
+
+
+def sse(*events: str) -> httpx.Response:
+    body = "".join(f"data: {event}\n\n" for event in events)
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def chunk(content: str, model: str = "m", finish: str | None = None) -> str:
+    delta = {"role": "assistant", "content": content}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [choice],
+        },
+        separators=(",", ":"),
+    )
+
+
+async def openai_items(responder: Responder, body: dict[str, object]) -> tuple[list[str], str]:
+    """What run_openai yields for a streamed chat, and the coded error it ended with, if any."""
+    items: list[str] = []
+    settings = client_with(responder).settings
+    try:
+        async for item in run_openai(
+            "/v1/chat/completions", {**SAMPLING, **body}, client_with(responder), settings
+        ):
+            items.append(item)
+    except WorkerError as exc:
+        return items, str(exc)
+    return items, ""
+
+
+STREAM = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def test_a_whole_openai_stream_passes_through() -> None:
+    events = (chunk("Hel"), chunk("lo"), chunk("", finish="stop"), "[DONE]")
+    items, error = await openai_items(lambda request: sse(*events), STREAM)
+    assert error == ""
+    assert items == [f"data: {event}\n\n" for event in events]
+
+
+async def test_an_openai_stream_with_ollamas_empty_failure_chunk_fails() -> None:
+    # What Ollama 0.12.10 sends when the runner fails after the stream began.
+    events = (chunk("Hel"), chunk("", model=""))
+    items, error = await openai_items(lambda request: sse(*events), STREAM)
+    assert items == [f"data: {chunk('Hel')}\n\n"]  # the empty chunk is not passed on
+    assert error.startswith("OLLAMA_ERROR: Ollama's reply broke off mid-stream (an empty chunk")
+
+
+async def test_an_openai_stream_without_done_fails() -> None:
+    events = (chunk("Hel"), chunk("lo"))
+    items, error = await openai_items(lambda request: sse(*events), STREAM)
+    assert len(items) == 2
+    assert error == (
+        "OLLAMA_ERROR: Ollama's reply broke off mid-stream (no data: [DONE]); retry the job"
+    )
+
+
+async def test_max_completion_tokens_becomes_the_max_tokens_ollama_reads() -> None:
+    sent: list[dict[str, object]] = []
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"object": "chat.completion", "choices": []})
+
+    await openai_items(responder, {"messages": [], "max_completion_tokens": 7})
+    await openai_items(responder, {"messages": [], "max_completion_tokens": 7, "max_tokens": 3})
+    assert sent[0]["max_tokens"] == 7
+    assert "max_completion_tokens" not in sent[0]
+    assert sent[1]["max_tokens"] == 3  # an explicit max_tokens wins
+
+
+async def test_gpu_shares_come_from_api_ps() -> None:
+    def responder(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/ps"
+        models = [
+            {"model": "a:latest", "name": "a:latest", "size": 1000, "size_vram": 1000},
+            {"model": "b:latest", "name": "b:latest", "size": 1000, "size_vram": 333},
+            {"model": "c:latest", "name": "c:latest", "size": 1000, "size_vram": 0},
+        ]
+        return httpx.Response(200, json={"models": models})
+
+    shares = await client_with(responder).gpu_shares()
+    assert shares == {"a:latest": 1.0, "b:latest": 0.333, "c:latest": 0.0}

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -97,6 +98,19 @@ def test_health(worker: WorkerProcess) -> None:
     assert item["worker_version"]
 
 
+def test_health_says_how_much_of_each_loaded_model_is_in_gpu_memory(
+    worker: WorkerProcess, fake: FakeOllama
+) -> None:
+    worker.output({"prompt": "load the default model"})
+    worker.output({"prompt": "and another", "model": "llama3.1:8b"})
+    [whole] = worker.output({"type": "health"})
+    assert whole["gpu_fraction"] == {"voice-assistant:latest": 1.0, "llama3.1:8b": 1.0}
+    assert sorted(whole["loaded"]) == sorted(whole["gpu_fraction"])
+    fake.configure(gpu_fraction=0.25)
+    [split] = worker.output({"type": "health"})
+    assert split["gpu_fraction"] == {"voice-assistant:latest": 0.25, "llama3.1:8b": 0.25}
+
+
 # --- every error code --------------------------------------------------------------------
 
 
@@ -107,6 +121,8 @@ def test_health(worker: WorkerProcess) -> None:
         ({"messages": "hi"}, "INVALID_INPUT: messages: Input should be a valid list"),
         ({"prompt": "x", "keep_alive": "forever"}, "INVALID_INPUT: Ollama rejected the request"),
         ({"prompt": "hi", "model": "nope:1b"}, "MODEL_NOT_FOUND: model 'nope:1b' is not installed"),
+        ({"prompt": "hi", "max_tokens": 0}, "INVALID_INPUT: max_tokens: must be at least 1"),
+        ({"prompt": "hi", "think": True}, 'INVALID_INPUT: Ollama rejected the request: "voice'),
     ],
 )
 def test_input_errors(worker: WorkerProcess, job_input: dict[str, Any], says: str) -> None:
@@ -170,6 +186,43 @@ def test_busy_past_the_deadline_and_slow_replies(fake: FakeOllama) -> None:
         assert slow.startswith("TIMEOUT: Ollama did not answer in time")
         assert time.monotonic() - started < 1 + 0.5 + 2  # deadline + one attempt + margin
         assert " crashed" not in impatient.log()  # coded failures, not INTERNAL ones
+
+
+def test_a_job_stuck_behind_busy_slots_times_out(fake: FakeOllama) -> None:
+    """Ollama queues a loaded model's requests without limit (no 503): the worker's read
+    timeout is what ends a job that waits too long, as TIMEOUT."""
+    env = {
+        "OLLAMA_HOST": fake.host_port,
+        "OLLAMA_RETRY_DEADLINE_S": "0",  # one attempt: the timeout alone decides
+        "OLLAMA_REQUEST_TIMEOUT_S": "0.5",
+    }
+    with WorkerProcess(env) as impatient:
+        fake.configure(num_parallel=1, fail_next=[{"delay_s": 3}])
+        blocker = threading.Thread(
+            target=lambda: httpx.post(
+                f"{fake.url}/api/chat",
+                json={"model": "voice-assistant", "messages": [{"role": "user", "content": "x"}]},
+                timeout=10,
+            )
+        )
+        blocker.start()
+        try:
+            while fake.stats()["in_flight"] < 1:  # the one slot is taken for 3 s
+                time.sleep(0.01)
+            started = time.monotonic()
+            message = error_of(impatient.output({"prompt": "waiting in line"}))
+            elapsed = time.monotonic() - started
+            while not fake.stats()["cancelled"] and time.monotonic() - started < 3:
+                time.sleep(0.01)  # the job's request leaves the queue as the worker gives up
+            stats = fake.stats()
+        finally:
+            blocker.join()
+    assert message.startswith("TIMEOUT: Ollama did not answer in time before replying")
+    assert 0.5 <= elapsed < 2.5
+    # One attempt, queued behind the blocker: a 503 would have been OLLAMA_UNAVAILABLE.
+    assert stats["requests"]["POST /api/chat"] == 2
+    assert stats["max_in_flight"] == 1
+    assert stats["cancelled"] == 1
 
 
 def test_unreachable_ollama_and_a_late_start() -> None:
@@ -262,6 +315,34 @@ def test_openai_chat_stream_is_sse_text_ending_in_done(worker: WorkerProcess) ->
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "You said: stream this"
     assert chunks[-1].usage is not None
+
+
+def test_openai_stream_cut_off_by_ollama_is_a_failed_job(
+    worker: WorkerProcess, fake: FakeOllama
+) -> None:
+    # Ollama 0.12.10 ends a /v1 stream that failed with an empty chunk and no [DONE].
+    fake.configure(fail_next=[{"midstream_error": "CUDA error", "after_tokens": 2}])
+    body = {"messages": [{"role": "user", "content": "one two three"}], "stream": True}
+    output = worker.output(openai_job("/v1/chat/completions", body))
+    message = error_of(output)
+    assert message.startswith("OLLAMA_ERROR: Ollama's reply broke off mid-stream")
+    events = "".join(output[:-1])
+    assert '"model":""' not in events  # the failure chunk is not passed on as content
+    assert "[DONE]" not in events
+    text = "".join(
+        ChatCompletionChunk.model_validate_json(e[6:]).choices[0].delta.content or ""
+        for e in events.split("\n\n")
+        if e
+    )
+    assert text == "You said: "
+
+
+def test_openai_max_completion_tokens_is_honoured(worker: WorkerProcess, fake: FakeOllama) -> None:
+    body = {"messages": [{"role": "user", "content": "one two three"}], "max_completion_tokens": 2}
+    [answer] = worker.output(openai_job("/v1/chat/completions", body))
+    choice = ChatCompletion.model_validate(answer).choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("You said: ", "length")
+    assert fake.stats()["chat_requests"][-1]["max_tokens"] == 2
 
 
 def test_openai_models_completions_and_embeddings(worker: WorkerProcess) -> None:
