@@ -15,12 +15,15 @@ ARG DEFAULT_MODEL="voice-assistant"
 # under /runpod-volume, where a mounted network volume would hide the baked models.
 # OLLAMA_HOST stays on the loopback: only the handler talks to Ollama.
 # MAX_CONCURRENCY (jobs per worker) matches OLLAMA_NUM_PARALLEL (requests Ollama runs at once).
+# Flash attention: Ollama 0.12.10 turns it on by itself only for a few families (gemma3,
+# qwen3, gpt-oss), not llama; it saves memory and time, and OLLAMA_KV_CACHE_TYPE needs it.
 ENV PULL_MODELS=${PULL_MODELS} \
     DEFAULT_MODEL=${DEFAULT_MODEL} \
     OLLAMA_MODELS=/models \
     OLLAMA_HOST=127.0.0.1:11434 \
     OLLAMA_KEEP_ALIVE=-1 \
     OLLAMA_NUM_PARALLEL=4 \
+    OLLAMA_FLASH_ATTENTION=1 \
     MAX_CONCURRENCY=4 \
     OLLAMA_BOOT_TIMEOUT_S=120 \
     PYTHON=/opt/venv/bin/python \

@@ -29,7 +29,17 @@ CONFIG_PY = ROOT / "ollama_worker" / "config.py"
 # Set by RunPod itself on every worker: a Hub input with an empty default would override it.
 PLATFORM_ENV = {"RUNPOD_ENDPOINT_ID"}
 # Read by the Ollama server or the boot script rather than config.py, yet worth exposing.
-SERVER_ENV = {"OLLAMA_NUM_PARALLEL", "OLLAMA_KEEP_ALIVE", "OLLAMA_BOOT_TIMEOUT_S"}
+SERVER_ENV = {
+    "OLLAMA_NUM_PARALLEL",
+    "OLLAMA_KEEP_ALIVE",
+    "OLLAMA_BOOT_TIMEOUT_S",
+    "OLLAMA_FLASH_ATTENTION",
+    "OLLAMA_KV_CACHE_TYPE",
+}
+# What Go's strconv.ParseBool reads as true (Ollama's envconfig.BoolWithDefault uses it).
+GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+# KV cache types Ollama 0.12.10 quantizes to (fs/ggml/ggml.go SupportsKVCacheType).
+KV_CACHE_TYPES = {"f16", "q8_0", "q4_0"}
 
 
 def _tool(name: str) -> str:
@@ -173,6 +183,24 @@ def test_server_env_matches_the_worker() -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PULL_MODELS"] == "${PULL_MODELS}"
     assert env["DEFAULT_MODEL"] == "${DEFAULT_MODEL}"
+
+
+def test_flash_attention_is_on_and_the_kv_cache_type_is_one_ollama_knows() -> None:
+    """Ollama 0.12.10 turns flash attention on by itself only for gemma3, qwen3 and gpt-oss
+    (fs/ggml/ggml.go GGML.FlashAttention), not for the llama we bake, and quantizes the KV
+    cache only with it on (llm/server.go NewLlamaServer): the image turns it on."""
+    env: dict[str, str] = {}
+    for kw, args in _instructions():
+        if kw == "ENV":
+            env.update(_env_assignments(args))
+    assert env.get("OLLAMA_FLASH_ATTENTION") in GO_TRUE, env.get("OLLAMA_FLASH_ATTENTION")
+    assert env.get("OLLAMA_KV_CACHE_TYPE", "f16") in KV_CACHE_TYPES
+    hub = {e["key"]: e["input"] for e in json.loads(HUB_JSON.read_text())["config"]["env"]}
+    assert hub["OLLAMA_FLASH_ATTENTION"]["default"] is True  # the Hub must not turn it off
+    assert hub["OLLAMA_KV_CACHE_TYPE"]["default"] in KV_CACHE_TYPES
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("OLLAMA_FLASH_ATTENTION", "OLLAMA_KV_CACHE_TYPE"):
+        assert re.search(rf"^\| `{name}` \|", readme, re.MULTILINE), f"README lacks {name}"
 
 
 def test_modelfile_base_is_the_default_pulled_model() -> None:
