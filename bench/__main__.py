@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, concurrency, memory, overhead, report, ttft
+from bench import (
+    cold_start,
+    concurrency,
+    deployed,
+    deployed_cold_start,
+    memory,
+    overhead,
+    report,
+    ttft,
+)
 from bench.common import Figure, StandIn, progress, worker_env
 from tests.harness import WorkerProcess
 
@@ -37,26 +46,45 @@ class Sizes:
     stream_warmup: int
     memory_jobs: int
     memory_warmup: int
+    deployed: deployed.Sizes
 
 
-FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100)
-QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20)
+FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL)
+QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK)
 
 
 def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
-    """Every measurement, in an order that keeps each one's machine quiet."""
+    """Every measurement, in an order that keeps each one's machine quiet.
+
+    The deployed worker's figures come first in the results, the local API's after them.
+    """
     figures: list[Figure] = []
+    deployed_figures: list[Figure] = []
     details: dict[str, Any] = {}
 
-    def keep(name: str, result: tuple[dict[str, Any], list[Figure]]) -> None:
+    def keep(
+        name: str, result: tuple[dict[str, Any], list[Figure]], into: list[Figure] = figures
+    ) -> None:
         details[name] = result[0]
-        figures.extend(result[1])
+        into.extend(result[1])
 
     progress("cold start (ollama_boot.sh with the stand-in ollama)")
     keep("cold_start", cold_start.measure(boots=sizes.boots, imports=sizes.imports))
-    progress("starting the stand-in, our worker and the minimal reference handler")
+    progress("deployed cold start (ollama_boot.sh, production loop, stand-in job API)")
+    keep(
+        "deployed_cold_start",
+        deployed_cold_start.measure(
+            boots=sizes.deployed.boots,
+            import_s=details["cold_start"]["import_s"],
+            parallel=sizes is QUICK,
+        ),
+        deployed_figures,
+    )
     stand_in = StandIn()
     try:
+        progress("deployed: our worker and the per-chunk reference, production loop")
+        keep("deployed", deployed.measure(stand_in.wait_ready(), sizes.deployed), deployed_figures)
+        progress("starting our worker and the minimal reference handler under the local API")
         env = worker_env(stand_in)
         ours = WorkerProcess(env)
         reference = WorkerProcess(env, script=str(HERE / "reference_handler.py"))
@@ -105,7 +133,7 @@ def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         keep("ttft", ttft.measure(stand_in, streams=sizes.streams, warmup=sizes.stream_warmup))
     finally:
         stand_in.stop()
-    return figures, details
+    return deployed_figures + figures, details
 
 
 def print_table(figures: list[Figure]) -> None:
