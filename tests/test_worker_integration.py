@@ -68,9 +68,10 @@ def test_chat_stream_pieces_add_up_to_the_reply(worker: WorkerProcess) -> None:
     ]
     output = worker.output({"type": "chat", "messages": messages, "stream": True})
     *pieces, final = output
-    assert len(pieces) == 6
+    # Pieces that arrive together may leave as one item; the last may ride with the summary.
     assert all(p["done"] is False and p["message"]["role"] == "assistant" for p in pieces)
-    assert "".join(p["message"]["content"] for p in pieces) == "You said: tell me a story"
+    text = "".join(item.get("message", {}).get("content", "") for item in output)
+    assert text == "You said: tell me a story"
     assert final["done"] is True
     assert final["done_reason"] == "stop"
     assert final["usage"]["completion_tokens"] == 6
@@ -308,8 +309,10 @@ def test_openai_chat_stream_is_sse_text_ending_in_done(worker: WorkerProcess) ->
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    events = worker.output(openai_job("/v1/chat/completions", body))
-    assert all(isinstance(e, str) and e.startswith("data: ") and e.endswith("\n\n") for e in events)
+    items = worker.output(openai_job("/v1/chat/completions", body))
+    # One item holds one or more whole events.
+    assert all(isinstance(e, str) and e.startswith("data: ") and e.endswith("\n\n") for e in items)
+    events = [f"{event}\n\n" for event in "".join(items).split("\n\n") if event]
     assert events[-1] == "data: [DONE]\n\n"
     chunks = [ChatCompletionChunk.model_validate_json(e[6:]) for e in events[:-1]]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
