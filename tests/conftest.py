@@ -51,10 +51,20 @@ def worker_process(fake_server: FakeOllama) -> Iterator[WorkerProcess]:
         yield worker
 
 
-@pytest.fixture
-def worker(worker_process: WorkerProcess, fake: FakeOllama) -> WorkerProcess:
-    """The running worker, its stand-in reset for this test."""
-    return worker_process
+@pytest.fixture(params=["local_api", "deployed"])
+def worker(request: pytest.FixtureRequest, fake: FakeOllama) -> WorkerProcess | DeployedWorker:
+    """The running worker, its stand-ins reset: under RunPod's local API, then as deployed.
+
+    Both answer `output(job_input)` alike, so a test states a behaviour once and it holds
+    where developers try the worker (`--rp_serve_api`) and where users meet it (the SDK's
+    production loop).
+    """
+    if request.param == "local_api":
+        return request.getfixturevalue("worker_process")
+    request.getfixturevalue("fake_runpod")
+    deployed_worker = request.getfixturevalue("deployed_worker_process")
+    assert deployed_worker.alive(), deployed_worker.log()
+    return deployed_worker
 
 
 @pytest.fixture(scope="session")

@@ -279,6 +279,21 @@ class DeployedWorker:
         """Submit one job to this worker and return its record once done."""
         return self.wait_done(self.submit(job_input), timeout)
 
+    def output(self, job_input: Any, timeout: float = 60.0) -> list[Any]:
+        """A job's items in the shape WorkerProcess.output gives: a failure's error item last.
+
+        Under the local API a failed job's `{"error"}` lands in `output`; deployed, the job is
+        FAILED with that error, after the items it streamed. The same assertions then hold
+        for both ways of running the worker. A completed job's aggregated output must be
+        exactly what it streamed.
+        """
+        record = self.run(job_input, timeout)
+        if record.status == "FAILED":
+            return [*record.stream_items, {"error": record.error}]
+        assert record.status == "COMPLETED", record
+        assert record.output == record.stream_items, record
+        return list(record.output)
+
     def alive(self) -> bool:
         """Whether the main process still runs."""
         return self.process is not None and self.process.poll() is None

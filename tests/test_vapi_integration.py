@@ -1,4 +1,4 @@
-"""The `vapi_webhook` job end to end: the real worker under RunPod's local API, via `/runsync`."""
+"""The `vapi_webhook` job end to end: the real worker under RunPod's local API and as deployed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tests.fake_ollama import FakeOllama
-from tests.harness import WorkerProcess, free_port
+from tests.fake_runpod import FakeRunPod
+from tests.harness import DeployedWorker, WorkerProcess, free_port
 from tests.vapi_fixtures import (
     INFORMATIONAL,
     MESSAGE_TYPES,
@@ -30,9 +31,14 @@ RUNPOD_URL = "https://api.runpod.ai/v2/ep-it/openai/v1"
 HANDOFF = {"type": "assistant", "assistantName": "Billing"}
 
 
-@pytest.fixture(scope="module")
-def workers(fake_server: FakeOllama) -> Iterator[dict[str, WorkerProcess]]:
-    """Two workers started side by side: one with Ollama ("up"), one whose Ollama is down."""
+@pytest.fixture(scope="module", params=["local_api", "deployed"])
+def workers(
+    request: pytest.FixtureRequest, fake_server: FakeOllama, fake_runpod_server: FakeRunPod
+) -> Iterator[dict[str, WorkerProcess | DeployedWorker]]:
+    """Two workers started side by side: one with Ollama ("up"), one whose Ollama is down.
+
+    Once under RunPod's local API, once as deployed (the SDK's production loop).
+    """
     common = {
         "VAPI_WEBHOOK_SECRET": SECRET,
         "VAPI_TOOLS_MODULE": TOOLS_MODULE,
@@ -43,13 +49,18 @@ def workers(fake_server: FakeOllama) -> Iterator[dict[str, WorkerProcess]]:
         "OLLAMA_RETRY_DEADLINE_S": "5",
         "LOG_LEVEL": "DEBUG",
     }
-    started = {
-        "up": WorkerProcess({**common, "OLLAMA_HOST": fake_server.host_port}),
-        "down": WorkerProcess({**common, "OLLAMA_HOST": f"127.0.0.1:{free_port()}"}),
+    hosts = {"up": fake_server.host_port, "down": f"127.0.0.1:{free_port()}"}
+    started: dict[str, WorkerProcess | DeployedWorker] = {
+        name: (
+            WorkerProcess({**common, "OLLAMA_HOST": host})
+            if request.param == "local_api"
+            else DeployedWorker(fake_runpod_server, {**common, "OLLAMA_HOST": host})
+        )
+        for name, host in hosts.items()
     }
     try:
         with ThreadPoolExecutor() as pool:
-            list(pool.map(WorkerProcess.start, started.values()))
+            list(pool.map(lambda worker: worker.start(), started.values()))
         yield started
     finally:
         for worker in started.values():

@@ -150,7 +150,7 @@ def test_ollama_error_before_the_reply(worker: WorkerProcess, fake: FakeOllama) 
 def test_ollama_error_line_mid_stream(worker: WorkerProcess, fake: FakeOllama) -> None:
     fake.configure(fail_next=[{"midstream_error": "CUDA error: out of memory", "after_tokens": 2}])
     output = worker.output({"prompt": "one two three", "stream": True})
-    assert [p["message"]["content"] for p in output[:-1]] == ["You ", "said: "]
+    assert "".join(p["message"]["content"] for p in output[:-1]) == "You said: "
     assert error_of(output) == "OLLAMA_ERROR: Ollama failed (mid-stream): CUDA error: out of memory"
 
 
