@@ -247,15 +247,13 @@ def _log(message: str) -> None:
     print(f"boot: {message}", file=sys.stderr, flush=True)
 
 
-def gpu_shares(base_url: str, *, timeout_s: float = 10.0) -> dict[str, float]:
-    """Each loaded model's share in GPU memory (`size_vram / size` from `/api/ps`), since a
-    model that did not fit the GPU runs partly on the CPU and answers several times slower."""
-    answer = _call_json(base_url, "/api/ps", timeout_s=timeout_s)
-    models = answer.get("models") if isinstance(answer, dict) else None
-    if not isinstance(models, list):
-        raise BootError(f"/api/ps answered an unexpected body: {answer!r}")
+def shares_in_gpu_memory(ps_answer: Any) -> dict[str, float]:
+    """Each loaded model's share in GPU memory (`size_vram / size`) from an `/api/ps` answer,
+    since a model that did not fit the GPU runs partly on the CPU and answers several times
+    slower. Entries it cannot read are left out."""
+    models = ps_answer.get("models") if isinstance(ps_answer, dict) else None
     shares: dict[str, float] = {}
-    for entry in models:
+    for entry in models if isinstance(models, list) else []:
         if not isinstance(entry, dict):
             continue
         name = entry.get("name") or entry.get("model")
@@ -263,6 +261,14 @@ def gpu_shares(base_url: str, *, timeout_s: float = 10.0) -> dict[str, float]:
         if isinstance(name, str) and isinstance(size, int) and size > 0 and isinstance(vram, int):
             shares[name] = min(1.0, vram / size)
     return shares
+
+
+def gpu_shares(base_url: str, *, timeout_s: float = 10.0) -> dict[str, float]:
+    """`shares_in_gpu_memory` of the server at `base_url`."""
+    answer = _call_json(base_url, "/api/ps", timeout_s=timeout_s)
+    if not isinstance(answer, dict) or not isinstance(answer.get("models"), list):
+        raise BootError(f"/api/ps answered an unexpected body: {answer!r}")
+    return shares_in_gpu_memory(answer)
 
 
 def check_gpu_residency(base_url: str, min_fraction: float) -> None:

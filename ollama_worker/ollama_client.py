@@ -25,6 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from ollama_worker.boot import shares_in_gpu_memory
 from ollama_worker.config import Settings, get_settings
 from ollama_worker.errors import ErrorCode, WorkerError
 
@@ -258,19 +259,9 @@ class OllamaClient:
         return [m.model for m in reply.models if m.model]
 
     async def gpu_shares(self) -> dict[str, float]:
-        """Each loaded model's share in GPU memory (`size_vram / size` from `/api/ps`): below
-        1, part of it runs on the CPU and it answers several times slower."""
-        reply = await self.call(self.native.ps)
-        return {
-            m.model: round(min(1.0, (m.size_vram or 0) / m.size), 3) if m.size else 1.0
-            for m in reply.models
-            if m.model
-        }
-
-    async def loaded_models(self) -> list[str]:
-        """Names of the models Ollama holds in memory."""
-        reply = await self.call(self.native.ps)
-        return [m.model for m in reply.models if m.model]
+        """Each loaded model's share in GPU memory, from `/api/ps` (see boot's reading of it)."""
+        shares = shares_in_gpu_memory(await self.raw_json("GET", "/api/ps"))
+        return {name: round(share, 3) for name, share in shares.items()}
 
     async def model_parameters(
         self, model: str, *, timeout_s: float | None = None
