@@ -307,8 +307,7 @@ def _default_error(secret: str, request: Request, now: float) -> str | None:
     headers = request.headers
     if "x-vapi-secret" in headers and _same(headers["x-vapi-secret"], secret):
         return None
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and _same(token.strip(), secret):
+    if _bearer_error(BearerPlan(), secret, headers) is None:
         return None
     if "x-signature" in headers:
         plan = HmacPlan(algorithm="sha256")
