@@ -2,8 +2,8 @@
 
 Output: one item `{"response": <the body VAPI expects>, "message_type", "call_id"}`, which a
 relay returns verbatim; a streamed custom-LLM request instead yields the SSE text events
-(`"data: {...}\\n\\n"` ... `"data: [DONE]\\n\\n"`) one per item, exactly as the OpenAI route
-does, for the relay to stream straight through.
+(`"data: {...}\\n\\n"` ... `"data: [DONE]\\n\\n"`), one or more whole events per item, exactly
+as the OpenAI route does, for the relay to stream straight through.
 """
 
 from __future__ import annotations
