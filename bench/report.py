@@ -1,5 +1,6 @@
 """Publish the figures: results.json (machine, versions, every figure against its target)
-and chart.png (throughput against concurrency, and where a request's time goes)."""
+and chart.png (the deployed worker's stream delivery and cold start, throughput against
+concurrency, and where a request's time goes)."""
 
 from __future__ import annotations
 
@@ -167,19 +168,81 @@ def _cold_start(ax: Axes, cold: dict[str, Any]) -> None:
     )
 
 
+def _deployed_stream(ax: Axes, deployed: dict[str, Any]) -> None:
+    stream = deployed["stream"]
+    rtts = [rtt * 1000 for rtt in deployed["rtts_s"]]
+    paths = (("reference", "per-chunk reference", "-^"), ("ours", "our worker", "-o"))
+    for key, label, style in paths:
+        ratios = [stream[f"rtt_{rtt:g}ms"][key]["median_ratio"] for rtt in rtts]
+        posts = [stream[f"rtt_{rtt:g}ms"][key]["median_posts"] for rtt in rtts]
+        ours = key == "ours"
+        ax.plot(rtts, ratios, style, label=label, lw=3 if ours else 1.3, ms=7 if ours else 5)
+        for x, ratio, count in zip(rtts, ratios, posts, strict=True):
+            ax.annotate(
+                f"{ratio:.2f}x, {count:g} POSTs",
+                (x, ratio),
+                textcoords="offset points",
+                xytext=(0, 8 if ours else -16),
+                ha="center",
+                fontsize=9,
+            )
+    ax.axhline(1.15, ls="--", color="red", lw=1.2, label="target: 1.15")
+    ax.set_yscale("log")
+    ax.set_xticks(rtts, [f"{rtt:g}" for rtt in rtts])
+    ax.set_xlim(min(rtts) - 8, max(rtts) + 8)
+    ax.set(
+        xlabel="round trip to RunPod's job API (ms)",
+        ylabel="last item at RunPod / generation time",
+        title=f"Deployed: a {stream['tokens']}-token stream (5 ms per token)",
+    )
+    ax.legend(loc="upper left", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _deployed_cold_start(ax: Axes, cold: dict[str, Any]) -> None:
+    first = cold["median_first_job_done_s"]
+    steps = [
+        ("our worker", first["ours"], "tab:green"),
+        (f"ours + {cold['check_s']:g} s\nfitness check", first["ours_with_checks"], "tab:olive"),
+        ("reference: Ollama,\nwait, then handler", first["reference"], "tab:grey"),
+    ]
+    bars = ax.barh(
+        [label for label, _, _ in steps],
+        [value for _, value, _ in steps],
+        color=[colour for _, _, colour in steps],
+    )
+    ax.bar_label(bars, fmt="%.2f s", padding=3, fontsize=10)
+    ax.axvline(3.0, ls=":", color="purple", lw=1.2, label="Ollama start + load: 3.0 s")
+    ax.legend(loc="lower right", fontsize=10)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(value for _, value, _ in steps) * 1.25)
+    ax.set(
+        xlabel="seconds from launch to the first job done",
+        title="Deployed cold start (production job loop)",
+    )
+
+
 def write_chart(path: Path, details: dict[str, Any]) -> None:
-    """Four panels: jobs/s against concurrency, latency per path, first-token delay, cold start."""
+    """The deployed worker's stream delivery and cold start on top, when measured; then
+    jobs/s against concurrency, latency per path, first-token delay and cold start under
+    the local API."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    deployed = "deployed" in details and "deployed_cold_start" in details
+    rows = 3 if deployed else 2
     with plt.rc_context({"font.size": 12, "axes.titlesize": 13, "axes.titleweight": "bold"}):
-        fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-        _throughput(axes[0][0], details["concurrency"])
-        _latency(axes[0][1], details["overhead"])
-        _first_token(axes[1][0], details["ttft"])
-        _cold_start(axes[1][1], details["cold_start"])
+        fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows))
+        if deployed:
+            _deployed_stream(axes[0][0], details["deployed"])
+            _deployed_cold_start(axes[0][1], details["deployed_cold_start"])
+        local = axes[rows - 2 :]
+        _throughput(local[0][0], details["concurrency"])
+        _latency(local[0][1], details["overhead"])
+        _first_token(local[1][0], details["ttft"])
+        _cold_start(local[1][1], details["cold_start"])
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
