@@ -6,10 +6,11 @@ Three ways to start, each timed the same way:
 
 - ours: `ollama_boot.sh` as the container runs it (the SDK's checks skipped, as they must be
   without a GPU);
-- ours with checks: the same with a 0.4 s fitness check registered (`slow_checks_handler.py`
-  linked as the WORKER_DIR's rp_handler.py), standing in for the GPU checks the SDK runs on a
-  real worker (0.30-0.39 s on an H200): the checks run while Ollama starts, so the figure
-  should stay that of `ours`, where a serial start would add 0.4 s;
+- ours with checks: the same with a 0.4 s fitness check registered
+  (`tests/slow_checks_handler.py` linked as the WORKER_DIR's rp_handler.py), standing in for
+  the GPU checks the SDK runs on a real worker (0.30-0.39 s on an H200): the checks run while
+  Ollama starts, so the figure should stay that of `ours`, where a serial start would add
+  0.4 s;
 - the reference: the usual start script of a minimal worker: start `ollama serve`, wait until
   it answers (polled every 10 ms), then start `reference_stream_handler.py`, whose first job
   loads the model.
@@ -75,9 +76,13 @@ def _launch(
     if variant == "ours_with_checks":
         worker_dir = tmp / "worker"
         worker_dir.mkdir()
-        (worker_dir / "rp_handler.py").symlink_to(HERE / "slow_checks_handler.py")
+        (worker_dir / "rp_handler.py").symlink_to(ROOT / "tests" / "slow_checks_handler.py")
         # ollama_boot.sh runs $WORKER_DIR/rp_handler.py; the boot helper comes from ROOT.
-        extra = {"WORKER_DIR": str(worker_dir), "PYTHONPATH": str(ROOT)}
+        extra = {
+            "WORKER_DIR": str(worker_dir),
+            "PYTHONPATH": str(ROOT),
+            "SLOW_CHECK_S": str(CHECK_S),
+        }
         return [popen([str(ROOT / "ollama_boot.sh")], extra)]
     ollama = popen(["ollama", "serve"])
     deadline = time.monotonic() + TIMEOUT_S
