@@ -70,8 +70,9 @@ def main() -> None:
 
     if deployed():
         from ollama_worker import job_loop
+        from ollama_worker.ollama_client import warm_up
 
-        job_loop.install(ready=ready, stop_grace_s=settings.stop_grace_s)
+        job_loop.install(ready=ready, stop_grace_s=settings.stop_grace_s, warm_up=warm_up)
     else:
         if "--rp_serve_api" in sys.argv:
             # The local API's FastAPI and uvicorn (0.5 s more), which start() would import late.

@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ollama_worker.errors import ErrorCode, WorkerError
@@ -67,11 +68,18 @@ def sdk_supported() -> str | None:
     return None
 
 
-def install(*, ready: concurrent.futures.Future[Any] | None, stop_grace_s: float) -> bool:
+def install(
+    *,
+    ready: concurrent.futures.Future[Any] | None,
+    stop_grace_s: float,
+    warm_up: Callable[[], Awaitable[object]] | None = None,
+) -> bool:
     """Make the SDK's production worker run `EventDrivenJobScaler`; False (logged) if it can't.
 
     `ready` resolves once Ollama answers: jobs are taken only then, while the SDK's fitness
     checks run meanwhile. With the stock loop, a fitness check waits for it instead.
+    `warm_up` runs on the job loop once Ollama is ready, before the first job-take, so that
+    the first jobs do not pay for what it builds.
     """
     from runpod.serverless.modules import rp_fitness, rp_scale
 
@@ -87,6 +95,7 @@ def install(*, ready: concurrent.futures.Future[Any] | None, stop_grace_s: float
     scaler = _scaler_class()
     scaler.ready = ready
     scaler.stop_grace_s = stop_grace_s
+    scaler.warm_up = staticmethod(warm_up) if warm_up else None
     rp_scale.JobScaler = scaler
     log.info("job loop: event-driven (jobs start when taken, stop grace %g s)", stop_grace_s)
     return True
@@ -104,6 +113,7 @@ def _scaler_class() -> type[Any]:
 
         ready: concurrent.futures.Future[Any] | None = None
         stop_grace_s: float = 5.0
+        warm_up: Callable[[], Awaitable[object]] | None = None
         failed = False
 
         def __init__(self, config: dict[str, Any]) -> None:
@@ -174,18 +184,19 @@ def _scaler_class() -> type[Any]:
             )
 
         async def _wait_until_ready(self) -> None:
-            if self.ready is None:
-                return
-            started = time.perf_counter()
-            try:
-                await asyncio.wrap_future(self.ready)
-            except Exception as exc:
-                log.error("job loop: Ollama did not come up (%s); taking no jobs, exiting", exc)
-                raise
-            log.info(
-                "job loop: Ollama is ready; taking jobs (waited %.0f ms after the checks)",
-                (time.perf_counter() - started) * 1000,
-            )
+            if self.ready is not None:
+                started = time.perf_counter()
+                try:
+                    await asyncio.wrap_future(self.ready)
+                except Exception as exc:
+                    log.error("job loop: Ollama did not come up (%s); taking no jobs, exiting", exc)
+                    raise
+                log.info(
+                    "job loop: Ollama is ready; taking jobs (waited %.0f ms after the checks)",
+                    (time.perf_counter() - started) * 1000,
+                )
+            if self.warm_up is not None:
+                await self.warm_up()
 
         async def get_jobs(self, session: Any) -> None:
             """Ask for as many jobs as there are free slots, the moment there are any."""

@@ -340,3 +340,13 @@ def get_client() -> OllamaClient:
             del _clients[old]
         client = _clients[loop] = OllamaClient(get_settings())
     return client
+
+
+async def warm_up(timeout_s: float = 2.0) -> None:
+    """Build this loop's client and make one cheap call, so that the first jobs find the pool,
+    a connection and the HTTP stack's lazy imports (about 30 ms) ready; failures are ignored."""
+    client = get_client()
+    try:
+        await asyncio.wait_for(client.version(), timeout=timeout_s)
+    except (WorkerError, TimeoutError) as exc:
+        log.debug("warm-up call to Ollama failed (%s); the first job will make it", exc)

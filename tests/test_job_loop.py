@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from pathlib import Path
 
+import httpx
 import pytest
 import runpod
 from runpod.serverless.modules import rp_fitness, rp_scale
 
-from ollama_worker import job_loop
+from ollama_worker import job_loop, ollama_client
+from tests.test_core_units import client_with
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,3 +52,36 @@ def test_install_replaces_the_sdk_job_scaler(monkeypatch: pytest.MonkeyPatch) ->
     assert job_loop.install(ready=None, stop_grace_s=3) is True
     assert rp_scale.JobScaler.__name__ == "EventDrivenJobScaler"
     assert rp_scale.JobScaler.stop_grace_s == 3
+
+
+async def test_jobs_are_taken_after_ollama_is_ready_and_the_warm_up_ran() -> None:
+    steps: list[str] = []
+    ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    async def warm_up() -> None:
+        steps.append("warm-up")
+
+    scaler_class = job_loop._scaler_class()
+    scaler_class.ready, scaler_class.warm_up = ready, staticmethod(warm_up)
+    scaler = scaler_class({"handler": None})
+    waiting = asyncio.ensure_future(scaler._wait_until_ready())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert steps == []  # nothing happens before Ollama answers
+    ready.set_result(None)
+    await asyncio.wait_for(waiting, 1)
+    assert steps == ["warm-up"]
+
+
+async def test_the_warm_up_call_never_fails_a_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ConnectError("refused", request=request)
+
+    client = client_with(refuse, deadline_s=0.2)
+    monkeypatch.setattr(ollama_client, "get_client", lambda: client)
+    await ollama_client.warm_up(timeout_s=1.0)
+    assert calls
+    assert set(calls) == {"/api/version"}
