@@ -10,14 +10,8 @@ and the stand-in Ollama's (each token written), one system-wide clock for both p
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, fields
@@ -28,14 +22,13 @@ import httpx
 
 from bench.common import MODEL, PROMPT, BenchError, Figure, StandIn, progress, summary_ms
 from tests.fake_ollama import FakeConfig
-from tests.fake_runpod import FakeRunPod, JobRecord, clean_environ
-from tests.harness import ROOT
+from tests.fake_runpod import FakeRunPod, JobRecord
+from tests.harness import ROOT, DeployedWorker
 
 HERE = Path(__file__).resolve().parent
 # Round trips to RunPod's job API: none (the issue's condition), realistic, slow.
 RTTS_S = (0.0, 0.025, 0.05)
 REALISTIC_RTT_S = 0.025
-SDK_SAFETY = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
 JOB_TIMEOUT_S = 180.0
 
 TOKEN_DELAY_S = 0.005
@@ -70,95 +63,32 @@ FULL = Sizes(200, 5, 3, 100, 48, 1000, 200, True, 3)
 QUICK = Sizes(20, 1, 1, 3, 8, 40, 8, False, 1)
 
 
-class DeployedProcess:
-    """`python SCRIPT` (no --rp_serve_api): the SDK's production loop against `fake`."""
+class DeployedProcess(DeployedWorker):
+    """The tests' DeployedWorker running `script`, its failures BenchErrors, its jobs checked."""
 
     def __init__(self, fake: FakeRunPod, script: Path, env: dict[str, str], name: str) -> None:
-        self.fake = fake
-        self.script = script
+        super().__init__(fake, env, worker_id=f"{name}-{uuid.uuid4().hex[:6]}", script=str(script))
         self.name = name
-        self.worker_id = f"{name}-{uuid.uuid4().hex[:6]}"
-        self.env = {
-            **clean_environ(),
-            **env,
-            **fake.worker_env(self.worker_id),
-            **SDK_SAFETY,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.env.pop("RUNPOD_AI_API_KEY", None)
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix=f"bench-{name}-", suffix=".log", delete=False
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
 
-    def launch(self) -> DeployedProcess:
-        """Start it and return at once (see wait_ready)."""
-        self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, str(self.script)],
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> DeployedProcess:
+    def wait_ready(self, timeout: float | None = 60.0) -> float:
         """Return once it opened its first job-take poll (it takes jobs)."""
-        deadline = self.started_at + timeout
-        while True:
-            with contextlib.suppress(TimeoutError):
-                self.fake.wait_for_poll(0.1, worker_id=self.worker_id, since=self.started_at)
-                return self
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise BenchError(f"{self.name} exited {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} took no job in {timeout} s:\n{self.log()}")
-
-    def run(self, job_input: Any) -> JobRecord:
-        """One job for this worker only; its record once done."""
-        return self.wait_done(self.fake.submit(job_input, worker_id=self.worker_id))
-
-    def wait_done(self, job_id: str) -> JobRecord:
-        """The job's record once its job-done POST arrived (BenchError with the log if not)."""
         try:
-            record = self.fake.wait_done(job_id, JOB_TIMEOUT_S)
+            return super().wait_ready(timeout)
+        except RuntimeError as exc:
+            raise BenchError(f"{self.name}: {exc}") from None
+
+    def wait_done(self, job_id: str, timeout: float = JOB_TIMEOUT_S) -> JobRecord:
+        """The job's record once its job-done POST arrived; BenchError unless it completed."""
+        try:
+            record = super().wait_done(job_id, timeout)
         except TimeoutError as exc:
-            raise BenchError(f"{self.name}: {exc}:\n{self.log()[-3000:]}") from None
+            raise BenchError(f"{self.name}: {exc}") from None
         if record.status != "COMPLETED":
             raise BenchError(f"{self.name}: job {job_id} {record.status}: {record.result}")
         for item in record.stream_items:
             if isinstance(item, dict) and item.get("error"):
                 raise BenchError(f"{self.name}: job {job_id} failed: {item['error']}")
         return record
-
-    @property
-    def log_path(self) -> Path:
-        """Where its output goes."""
-        return Path(self._log.name)
-
-    def log(self) -> str:
-        """What it printed."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, *, keep_log: bool = False) -> None:
-        """SIGTERM its process group, SIGKILL after 10 s."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        if not keep_log:
-            self.log_path.unlink(missing_ok=True)
 
 
 def _text(items: list[Any]) -> str:

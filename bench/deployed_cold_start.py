@@ -32,10 +32,9 @@ from typing import Any
 from bench.cold_start import FLOOR_S, LOAD_DELAY_S, SLACK_S, START_DELAY_S, _boot_env, _listening
 from bench.cold_start import _stop as stop_process
 from bench.common import PROMPT, BenchError, Figure, progress
-from bench.deployed import SDK_SAFETY
 from tests.fake_ollama import FakeOllama
 from tests.fake_runpod import FakeRunPod, JobRecord
-from tests.harness import ROOT, free_port
+from tests.harness import ROOT, SDK_SAFETY, free_port
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 60.0

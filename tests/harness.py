@@ -36,6 +36,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a process's group, SIGKILL it after `grace_s`, and reap the process."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class WorkerProcess:
     """`python rp_handler.py --rp_serve_api` on a free port, with its log kept in a file."""
 
@@ -110,13 +124,7 @@ class WorkerProcess:
     def stop(self, *, keep_log: bool = False) -> None:
         """Stop the worker and its process group; remove its log unless asked to keep it."""
         self.http.close()
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         self._log.close()
         if not keep_log:
             self.log_path.unlink(missing_ok=True)
@@ -128,25 +136,31 @@ class WorkerProcess:
         self.stop()
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes whose environment holds DEPLOYED_TEST_TAG=tag (started by one worker).
+def tagged_processes(variable: str, tag: str) -> dict[int, str]:
+    """`{pid: command line}` of live processes whose environment holds `variable=tag`.
 
-    Children inherit the environment whatever session or parent they end up in, so this
-    finds what a worker or its boot script left behind, and only that.
+    Children inherit the environment whatever session, group or parent they end up in, so
+    this finds what a worker or a boot run started, even what outlived its parent, and only that.
     """
-    marker = f"DEPLOYED_TEST_TAG={tag}".encode()
-    found = []
+    marker = f"{variable}={tag}".encode()
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
             environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         except OSError:
             continue
         if marker in environ and state not in {"Z", "X"}:
-            found.append(int(entry.name))
+            found[int(entry.name)] = cmdline
     return found
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes started by the DeployedWorker whose DEPLOYED_TEST_TAG is `tag`."""
+    return list(tagged_processes("DEPLOYED_TEST_TAG", tag))
 
 
 class DeployedWorker:
@@ -332,15 +346,7 @@ class DeployedWorker:
 
     def stop(self, *, keep_log: bool = False) -> None:
         """SIGTERM, then SIGKILL after 10 s, the worker and all it started; drop the log."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         for pid in self.leftovers():  # what left the group (setsid) or outlived it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -28,6 +28,7 @@ import pytest
 
 from ollama_worker import boot
 from tests.fake_ollama import FakeOllama
+from tests.harness import tagged_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "ollama_boot.sh"
@@ -55,26 +56,9 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def tagged_processes(tag: str) -> list[str]:
-    """`pid command` of every live process whose environment holds BOOT_TEST_TAG=tag.
-
-    Children inherit the environment whatever session, group or parent they end up in,
-    so this finds everything a boot run started, even what outlived its parent.
-    """
-    marker = f"BOOT_TEST_TAG={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if marker in environ and state not in {"Z", "X"}:
-            found.append(f"{entry.name} {cmdline}")
-    return found
+def boot_leftovers(tag: str) -> list[str]:
+    """`pid command` of every live process a boot run tagged BOOT_TEST_TAG=tag started."""
+    return [f"{pid} {cmd}" for pid, cmd in tagged_processes("BOOT_TEST_TAG", tag).items()]
 
 
 def dead_pid() -> int:
@@ -186,7 +170,7 @@ class Boot:
 
     def leftovers(self) -> list[str]:
         """Processes of this run still alive (the script itself included)."""
-        return tagged_processes(self.tag)
+        return boot_leftovers(self.tag)
 
     def kill(self) -> None:
         """Whatever happened, leave nothing of this run behind."""
