@@ -56,11 +56,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 VERSION = "0.12.10"  # the release the Dockerfile pins
 DEFAULT_PORT = 11434
@@ -1303,8 +1304,10 @@ def _new_stats() -> dict[str, Any]:
     }
 
 
-class FakeOllama:
+class FakeOllama(ThreadedServer):
     """A real aiohttp server on 127.0.0.1 that behaves like Ollama for tests."""
+
+    thread_name = "fake-ollama"
 
     def __init__(
         self,
@@ -1326,13 +1329,7 @@ class FakeOllama:
         self._stats = _new_stats()
         self._rng = random.Random(self._config.seed)
         self._slots = _Slots()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._loop_ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self.bound_port: int | None = None
+        self._init_thread_state()
         self._load_registry()
 
     # ---- public, thread-safe API ------------------------------------------
@@ -1350,51 +1347,9 @@ class FakeOllama:
         """``http://127.0.0.1:PORT``."""
         return f"http://{self.host_port}"
 
-    def start(self, wait: bool = True) -> Self:
-        """Serve from a daemon thread; by default return once listening."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._ready.clear()
-        self._loop_ready.clear()
-        self._start_error = None
-        self.bound_port = None
-        self._thread = threading.Thread(target=self._thread_main, name="fake-ollama", daemon=True)
-        self._thread.start()
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the port is bound (after start_delay_s)."""
-        limit = timeout if timeout is not None else self.config().start_delay_s + 10
-        if not self._ready.wait(limit):
-            raise TimeoutError("fake ollama did not start listening")
-        if self._start_error is not None or self.bound_port is None:
-            raise RuntimeError("fake ollama failed to start") from self._start_error
-
-    def stop(self) -> None:
-        """Stop serving (open connections are cut) and join the thread."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._loop_ready.wait(5)
-        if self._loop is not None and self._stop_event is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop_event.set)
-        thread.join(10)
-
-    def __enter__(self) -> Self:
-        """Start on entering a ``with`` block."""
-        return self.start() if self._thread is None else self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop on leaving the block."""
-        self.stop()
+    def start_timeout_s(self) -> float:
+        """The start delay, and some."""
+        return self.config().start_delay_s + 10
 
     def config(self) -> FakeConfig:
         """A copy of the live configuration."""
@@ -2172,51 +2127,20 @@ class FakeOllama:
         allow_crash: bool = False,
     ) -> None:
         """Bind after start_delay_s, serve until ``stop`` is set, then close."""
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = stop
-        self._loop_ready.set()
+        self._serving(stop)
         cfg = self.config()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), cfg.start_delay_s)
         if stop.is_set():
             return
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host or "0.0.0.0", self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.bound_port = sock.getsockname()[1]
-        runner = web.AppRunner(
-            self._make_app(),
-            handle_signals=False,
-            access_log=None,
-            handler_cancellation=True,
-            shutdown_timeout=0.1,
-        )
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        if allow_crash and cfg.crash_after_s is not None:
-            self._loop.call_later(cfg.crash_after_s, _crash)
-        on_ready()
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+        sock = self._bind(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
 
-    def _thread_main(self) -> None:
-        """Body of the daemon thread used by start()."""
+        def ready() -> None:
+            if allow_crash and cfg.crash_after_s is not None:
+                asyncio.get_running_loop().call_later(cfg.crash_after_s, _crash)
+            on_ready()
 
-        async def main() -> None:
-            try:
-                await self.serve(asyncio.Event(), on_ready=self._ready.set)
-            except OSError as exc:  # e.g. the port is taken
-                self._start_error = exc
-            finally:
-                self._ready.set()
-
-        asyncio.run(main())
+        await self._run_app(self._make_app(), sock, stop, ready)
 
 
 def _crash() -> None:

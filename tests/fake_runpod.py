@@ -33,17 +33,17 @@ import itertools
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 DEFAULT_ENDPOINT = "ep-fake"
 DEFAULT_WORKER = "worker-1"
@@ -141,8 +141,10 @@ def _new_stats() -> dict[str, Any]:
     }
 
 
-class FakeRunPod:
+class FakeRunPod(ThreadedServer):
     """RunPod's job-take / stream / done / stop API on 127.0.0.1, for tests and the bench."""
+
+    thread_name = "fake-runpod"
 
     def __init__(
         self,
@@ -167,12 +169,7 @@ class FakeRunPod:
         self._ids = itertools.count(1)
         self._job_waiters: set[asyncio.Future[None]] = set()
         self._stop_waiters: set[asyncio.Future[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self.bound_port: int | None = None
+        self._init_thread_state()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -187,41 +184,6 @@ class FakeRunPod:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/v2/ENDPOINT``, the prefix of every job URL."""
         return f"{self.url}/v2/{self.endpoint_id}"
-
-    def start(self) -> Self:
-        """Serve from a daemon thread; return once listening."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._ready.clear()
-        self._start_error = None
-        self._thread = threading.Thread(target=self._thread_main, name="fake-runpod", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10) or self._start_error or not self.bound_port:
-            raise RuntimeError("fake runpod failed to start") from self._start_error
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (open long-polls are cut) and join the thread."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if self._loop is not None and self._stop_event is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop_event.set)
-        thread.join(10)
-
-    def __enter__(self) -> Self:
-        """Start on entering a ``with`` block."""
-        return self.start() if self._thread is None else self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop on leaving the block."""
-        self.stop()
 
     # ---- public, thread-safe API -------------------------------------------------------
 
@@ -713,43 +675,9 @@ class FakeRunPod:
 
     async def serve(self, stop: asyncio.Event, on_ready: Callable[[], None] = lambda: None) -> None:
         """Bind, serve until `stop` is set, then close every connection."""
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = stop
-        sock = socket.socket(socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.bound_port = sock.getsockname()[1]
-        runner = web.AppRunner(
-            self._make_app(),
-            handle_signals=False,
-            access_log=None,
-            handler_cancellation=True,  # a closed long-poll must not take a job
-            shutdown_timeout=0.1,
-        )
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        on_ready()
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def _thread_main(self) -> None:
-        """Body of the daemon thread used by start()."""
-
-        async def main() -> None:
-            try:
-                await self.serve(asyncio.Event(), on_ready=self._ready.set)
-            except OSError as exc:  # e.g. the port is taken
-                self._start_error = exc
-            finally:
-                self._ready.set()
-
-        asyncio.run(main())
+        self._serving(stop)
+        # A closed long-poll's handler is cancelled (_run_app): it must not take a job.
+        await self._run_app(self._make_app(), self._bind(), stop, on_ready)
 
 
 def _config(base: FakeRunPodConfig, changes: Mapping[str, Any]) -> FakeRunPodConfig:
