@@ -163,13 +163,12 @@ async def knowledge_base_documents(
     tools: Tools, query: str, messages: list[Any], timeout_s: float
 ) -> list[dict[str, Any]]:
     """The hook's documents for a knowledge-base request; none when it is missing or fails."""
-    hook = tools.hooks.get("knowledge_base")
-    if hook is None:
-        return []
     try:
-        found = await invoke(hook, {"query": query, "messages": messages}, timeout_s)
+        found = await call_hook(tools, "knowledge_base", timeout_s, query=query, messages=messages)
+        if found is NO_HOOK:
+            return []
         return [_document(item) for item in found or []]
-    except Exception:
+    except Exception:  # HookFailed, or documents of the wrong shape
         # VAPI's answer has no error form: the model goes on without documents.
         log.warning("VAPI knowledge_base hook failed; answering no documents", exc_info=True)
         return []
