@@ -4,8 +4,11 @@
 # Layers are ordered from least to most often changed, so a handler code change rebuilds
 # only the last layer and never downloads the models again.
 
-# Pinned: a new Ollama can change model formats and API details; bump it on purpose.
-FROM ollama/ollama:0.12.10
+# Pinned: a new Ollama can change model formats and API details; bump it on purpose (the
+# README's "Another Ollama version" says what to check). RunPod's Hub builds without build
+# args, so this default is what ships; `make ollama` builds the same version for the tests.
+ARG OLLAMA_VERSION=0.12.10
+FROM ollama/ollama:${OLLAMA_VERSION}
 
 # Models baked into the image. The Modelfile's FROM must be one of PULL_MODELS.
 ARG PULL_MODELS="llama3.1:8b"
