@@ -160,7 +160,7 @@ bake() {
   "$python" -m ollama_worker.boot check "$default_model"
   stop_pids "$stop_grace_s" "$ollama_pid"
   ollama_pid=''
-  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama}"
+  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama/models}"
 }
 
 start_handler() {

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from ollama_worker import boot
+from ollama_worker.config import DEFAULTS
 from tests.fake_ollama import FakeOllama
 from tests.harness import tagged_processes
 
@@ -489,11 +490,11 @@ def test_bake_pulls_creates_and_stops(make_boot: Any) -> None:
     assert ["pull", "llama3.1:8b"] in verbs, calls
     assert ["pull", "qwen2.5:0.5b"] in verbs, calls
     creates = [v for v in verbs if v[:1] == ["create"]]
-    assert creates == [["create", "voice-assistant", "-f", str(ROOT / "Modelfile")]], calls
+    assert creates == [["create", DEFAULTS.default_model, "-f", str(ROOT / "Modelfile")]], calls
     assert set(run.persisted_models()) >= {
         "llama3.1:8b",
         "qwen2.5:0.5b",
-        "voice-assistant:latest",
+        f"{DEFAULTS.default_model}:latest",
     }
     assert not listening(run.ollama_port), "bake left ollama serve running"
     assert "[ollama] " in run.log()
