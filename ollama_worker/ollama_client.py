@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ollama_worker.boot import shares_in_gpu_memory
+from ollama_worker.boot import ollama_error_message, shares_in_gpu_memory
 from ollama_worker.config import Settings, get_settings
 from ollama_worker.errors import ErrorCode, WorkerError
 
@@ -309,14 +309,7 @@ def _raise_for_status(response: httpx.Response) -> None:
     """Raise the ollama client's own error type for a non-2xx answer, so one policy covers both."""
     if not response.is_error:
         return
-    message = response.text
-    with contextlib.suppress(ValueError):
-        body = response.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):  # the OpenAI-compatible routes nest it
-            error = error.get("message")
-        if error:
-            message = str(error)
+    message = ollama_error_message(response.text) or response.text
     # ResponseError json-parses its text and expects an object: hand it one, whatever the body was.
     raise ollama.ResponseError(json.dumps({"error": message}), response.status_code)
 

@@ -11,6 +11,7 @@ from typing import Any
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient
+from ollama_worker.schemas import check_input_chars
 
 SSE_ERROR_PREFIX = 'data: {"error"'
 # Ollama 0.12.10 turns an error after a /v1 stream began into one empty chunk whose model is
@@ -85,12 +86,7 @@ async def run_openai(
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         # Ollama 0.12.10 reads only max_tokens: sent as is, the newer name would limit nothing.
         body["max_tokens"] = body.pop("max_completion_tokens")
-    if (chars := text_chars(body)) > settings.max_input_chars:
-        raise WorkerError(
-            ErrorCode.INVALID_INPUT,
-            f"message text is {chars:,} characters; the limit is "
-            f"{settings.max_input_chars:,} (MAX_INPUT_CHARS)",
-        )
+    check_input_chars(text_chars(body), settings.max_input_chars)
     body = await with_model_sampling(route, body, client)
     try:
         if body.get("stream") is not True:

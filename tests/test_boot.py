@@ -287,6 +287,28 @@ def test_normalise_model(name: str, canonical: str) -> None:
     assert boot.normalise_model(name) == canonical
 
 
+def test_the_bake_compares_model_names_by_the_workers_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ollama_boot.sh bake` asks `boot among` whether DEFAULT_MODEL is one of PULL_MODELS."""
+    among = ("among", "Llama3.1:8B", "qwen2.5:0.5b", "registry.ollama.ai/library/llama3.1:8b")
+    assert _cli(monkeypatch, "127.0.0.1:9", *among) == 0
+    assert _cli(monkeypatch, "127.0.0.1:9", "among", "voice-assistant", "llama3.1:8b") == 1
+    assert _cli(monkeypatch, "127.0.0.1:9", "among", "voice-assistant") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"error": "model \'x\' not found"}', "model 'x' not found"),
+        ('{"error": {"message": "bad request", "type": "api_error"}}', "bad request"),
+        ('{"error": ""}', None),
+        ("[1]", None),
+        ("502 Bad Gateway", None),
+    ],
+)
+def test_one_reading_of_ollamas_error_bodies(body: str, message: str | None) -> None:
+    assert boot.ollama_error_message(body) == message
+
+
 def test_installed_models_and_require_model(fake: FakeOllama) -> None:
     assert set(map(boot.normalise_model, boot.installed_models(fake.url))) == {
         "llama3.1:8b",

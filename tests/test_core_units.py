@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -443,6 +444,20 @@ async def openai_items(responder: Responder, body: dict[str, object]) -> tuple[l
 
 
 STREAM = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def test_an_openai_body_over_the_input_limit_is_refused_before_ollama() -> None:
+    sent: list[httpx.Request] = []
+    client = client_with(lambda request: sent.append(request) or chat_reply())
+    settings = dataclasses.replace(client.settings, max_input_chars=10)
+    body = {"messages": [{"role": "user", "content": "x" * 6}], "prompt": "y" * 5}
+    with pytest.raises(WorkerError) as caught:
+        async for _ in run_openai("/v1/chat/completions", body, client, settings):
+            pass
+    assert str(caught.value) == (
+        "INVALID_INPUT: message text is 11 characters; the limit is 10 (MAX_INPUT_CHARS)"
+    )
+    assert sent == []
 
 
 async def test_a_whole_openai_stream_passes_through() -> None:
