@@ -20,6 +20,7 @@ lint:
 	$(PY) scripts/settings_docs.py --check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	shellcheck ollama_boot.sh .ci/run
 	hadolint Dockerfile
 

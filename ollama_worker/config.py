@@ -25,7 +25,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 if TYPE_CHECKING:
     from ollama_worker.vapi_auth import AuthPlan
@@ -234,12 +234,12 @@ def setting(
     default: str,
     meaning: str,
     parse: Callable[[str], T] = text,  # type: ignore[assignment]
-    **more: object,
+    **more: Any,
 ) -> T:
     """A `Settings` field read from env: its declaration, with the parsed default."""
-    spec = Setting(env, default, meaning, parse, **more)  # type: ignore[arg-type]
+    spec = Setting(env, default, meaning, parse, **more)
     value = parse(default)
-    return cast("T", dataclasses.field(default=value, metadata={"setting": spec}))
+    return dataclasses.field(default=value, metadata={"setting": spec})
 
 
 # The Ollama server's own, the boot script's, the build's and the platform's variables.

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.schemas import check_input_chars
+from ollama_worker.streaming import closing
 
 SSE_ERROR_PREFIX = 'data: {"error"'
 # Ollama 0.12.10 turns an error after a /v1 stream began into one empty chunk whose model is
@@ -93,7 +93,7 @@ async def run_openai(
             yield await client.raw_json("POST", route, body)
             return
         finished = False
-        async with aclosing(client.raw_lines(route, body)) as lines:
+        async with closing(client.raw_lines(route, body)) as lines:
             async for line in lines:
                 if not line.startswith("data:"):
                     continue  # event separators, comments, keep-alives

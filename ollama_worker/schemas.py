@@ -173,7 +173,7 @@ def parse_job(
             f"`input` must be a JSON object, not {type(raw).__name__}",
         )
     if "openai_route" in raw:
-        model: type[BaseModel] | TypeAdapter[Any] = OpenAIJob
+        model: type[OpenAIJob] | TypeAdapter[ChatJob | HealthJob | VapiWebhookJob] = OpenAIJob
     else:
         if "type" not in raw and any(key in raw for key in CHAT_KEYS):
             raw = {**raw, "type": "chat"}
