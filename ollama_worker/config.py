@@ -370,7 +370,7 @@ class Settings:
         hub="Default model",
         advanced=False,
         hub_text="Ollama model a job uses when it names none. It must be baked into the image"
-        " (the build creates 'voice-assistant' from the Modelfile) unless OLLAMA_PULL_ON_BOOT is"
+        " (the build creates it from the Modelfile) unless OLLAMA_PULL_ON_BOOT is"
         " on; the worker refuses to start without it.",
     )
     ollama_url: str = setting(
