@@ -59,8 +59,8 @@ def text(raw: str) -> str:
     return raw
 
 
-def number(minimum: float = 0.0, maximum: float | None = None) -> Callable[[str], float]:
-    """A decimal number from minimum up to maximum."""
+def number(minimum: float = 0.0) -> Callable[[str], float]:
+    """A decimal number of at least minimum."""
 
     def parse(raw: str) -> float:
         try:
@@ -69,8 +69,6 @@ def number(minimum: float = 0.0, maximum: float | None = None) -> Callable[[str]
             raise ValueError("is not a number") from None
         if value < minimum:
             raise ValueError(f"must be at least {minimum:g}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"must be at most {maximum:g}")
         return value
 
     return parse
