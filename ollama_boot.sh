@@ -175,11 +175,12 @@ run() {
   start_ollama
   # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
   # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
-  # arrives during the load simply waits inside Ollama. A pull on boot is the exception:
-  # until it ends the model does not exist, so the handler starts after it.
+  # arrives during the load simply waits inside Ollama. A pull on boot and an import from
+  # the model cache (HF_MODEL) are the exceptions: until they end the model does not exist
+  # (or is a baked one of the same name), so the handler starts after them.
   case ${pull_on_boot,,} in
   1 | true | yes | on) defer_handler=1 ;;
-  *) start_handler "$@" ;;
+  *) if [[ -n ${HF_MODEL:-} ]]; then defer_handler=1; else start_handler "$@"; fi ;;
   esac
   "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
   boot_pid=$!

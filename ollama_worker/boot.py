@@ -19,7 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ollama_worker.config import Settings
+    from ollama_worker.model_cache import CacheSettings
 
 # Each poll is short so a wedged server cannot hold the loop past its deadline.
 _POLL_TIMEOUT_S = 2.0
@@ -299,12 +304,19 @@ def _ready(
     pid: int | None,
     pull_on_boot: bool,
     min_gpu_fraction: float = 0.0,
+    cache: CacheSettings | None = None,
 ) -> None:
-    """The run-mode sequence in one process: wait, check (or pull) the model, preload, and
-    check how much of it landed in GPU memory."""
+    """The run-mode sequence in one process: wait, import the model from the model cache when
+    `cache` says so (HF_MODEL), check (or pull) the model, preload, and check how much of it
+    landed in GPU memory."""
     started = time.monotonic()
     version = wait_for_ollama(base_url, timeout_s, pid=pid)
     _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    if cache is not None:
+        # After Ollama answers: `ollama serve` prunes blobs no manifest names as it starts.
+        from ollama_worker.model_cache import import_model
+
+        import_model(base_url, model, cache)
     installed = installed_models(base_url)
     if not is_installed(model, installed):
         if not pull_on_boot:
@@ -319,6 +331,23 @@ def _ready(
         f"(boot {time.monotonic() - started:.2f} s)"
     )
     check_gpu_residency(base_url, min_gpu_fraction)
+
+
+def _cache_settings(settings: Settings) -> CacheSettings | None:
+    """What the model-cache import needs, or None when HF_MODEL is unset (the baked path)."""
+    if not settings.hf_model:
+        return None
+    from ollama_worker.model_cache import CacheSettings
+
+    return CacheSettings(
+        hf_model=settings.hf_model,
+        hf_model_file=settings.hf_model_file,
+        hf_quantization=settings.hf_quantization,
+        hub_cache=settings.hf_hub_cache,
+        ollama_models=settings.ollama_models,
+        modelfile=settings.modelfile or str(Path(__file__).resolve().parent.parent / "Modelfile"),
+        modelfile_tuning=settings.modelfile_tuning,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -381,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pid=args.pid,
                 pull_on_boot=settings.pull_on_boot,
                 min_gpu_fraction=settings.min_gpu_fraction,
+                cache=_cache_settings(settings),
             )
     except (BootError, ConfigError) as exc:
         _log(str(exc))
@@ -391,4 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m` runs this file as __main__; the model cache imports it as ollama_worker.boot,
+    # which must be this very module, so that its BootError is the one main() catches.
+    sys.modules.setdefault("ollama_worker.boot", sys.modules[__name__])
     sys.exit(main())

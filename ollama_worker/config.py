@@ -48,6 +48,18 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_switch(name: str, *, default: bool) -> bool:
+    """An on/off variable whose default is `default`; anything else is a configuration error."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not on or off")
+
+
 def _env_auth_plan() -> AuthPlan | None:
     """VAPI_AUTH_PLAN, checked now so that a bad plan stops the worker before its first job."""
     raw = os.environ.get("VAPI_AUTH_PLAN", "").strip()
@@ -161,6 +173,17 @@ class Settings:
     vapi_endpointing_timeout_s: float | None = None
     # Boot fails when a loaded model has less of itself in GPU memory; 0 only warns.
     min_gpu_fraction: float = 0.0
+    # --- The model cache (ollama_worker/model_cache.py): with HF_MODEL set, the boot imports a
+    # GGUF that RunPod downloaded into the Hugging Face hub cache and serves it as DEFAULT_MODEL.
+    # HF_HUB_CACHE is Hugging Face's own variable; OLLAMA_MODELS and MODELFILE are read as
+    # `ollama serve` and ollama_boot.sh read them.
+    hf_model: str = ""
+    hf_model_file: str = ""
+    hf_quantization: str = ""
+    hf_hub_cache: str = "/runpod-volume/huggingface-cache/hub"
+    modelfile_tuning: bool = True
+    ollama_models: str = ""
+    modelfile: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -193,6 +216,14 @@ class Settings:
             vapi_auth_plan=_env_auth_plan(),
             vapi_handoff_destination=_env_str("VAPI_HANDOFF_DESTINATION", ""),
             vapi_endpointing_timeout_s=_env_endpointing_timeout(),
+            # --- the model cache (see the field block above)
+            hf_model=_env_str("HF_MODEL", ""),
+            hf_model_file=_env_str("HF_MODEL_FILE", ""),
+            hf_quantization=_env_str("HF_QUANTIZATION", ""),
+            hf_hub_cache=_env_str("HF_HUB_CACHE", "/runpod-volume/huggingface-cache/hub"),
+            modelfile_tuning=_env_switch("MODELFILE_TUNING", default=True),
+            ollama_models=_env_str("OLLAMA_MODELS", ""),
+            modelfile=_env_str("MODELFILE", ""),
         )
 
 

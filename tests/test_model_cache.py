@@ -1,0 +1,719 @@
+"""The model cache (ollama_worker/model_cache.py): a GGUF that RunPod downloaded into the Hugging
+Face hub cache, imported by the boot into the REAL Ollama and served as DEFAULT_MODEL.
+
+The cache is laid out as Hugging Face (and so RunPod) lays it out: `models--<org>--<name>/` with
+`blobs/` named by content digest, `refs/main`, and `snapshots/<revision>/` whose files are
+symlinks into `blobs/`. Its model is the real Gemma 3 270M Q4_K_M GGUF. What the layout holds
+beside it, and why:
+
+- an older snapshot whose Q4_K_M file is junk: the boot must take the newest snapshot;
+- `mmproj-gemma-3-270m-Q4_K_M.gguf`, junk too: a projector must never be taken for the model;
+- `gemma-3-270m-Q8_0.gguf`: a second quantization. It is the SAME bytes as the Q4_K_M file under
+  another name (no real Q8_0 ships here); the tests tell the two apart by name only.
+
+The tests with the real Ollama skip (one line says why) when `make ollama` has not provided it,
+and fail instead under CI=true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_worker import model_cache
+from ollama_worker.boot import BootError
+from scripts import real_ollama
+from tests.fake_runpod import FakeRunPod
+from tests.harness import ROOT, DeployedWorker, free_port
+
+REPO = "Google/Gemma-3-270M-GGUF"  # the canonical casing, as RunPod stores it
+NEW_REVISION = "b" * 40
+OLD_REVISION = "a" * 40
+Q4 = "gemma-3-270m-Q4_K_M.gguf"
+Q8 = "gemma-3-270m-Q8_0.gguf"
+MMPROJ = "mmproj-gemma-3-270m-Q4_K_M.gguf"
+# Generous hang guards; the bench measures speed.
+BOOT_TIMEOUT_S = 120.0
+MODELFILE_SYSTEM = (ROOT / "Modelfile").read_text().split('SYSTEM """', 1)[1].split('"""', 1)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The real Ollama and a Hugging Face cache laid out around the real GGUF
+
+
+@pytest.fixture(scope="module")
+def real() -> real_ollama.RealOllama:
+    """The real Ollama binary and GGUF; a skip saying why (a failure under CI) when absent."""
+    found = real_ollama.locate()
+    if found is None:
+        why = "the real Ollama and Gemma GGUF are not provided (run `make ollama`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}: CI must test the model cache against them")
+        pytest.skip(why)
+    return found
+
+
+@pytest.fixture(scope="module")
+def real_digest(real: real_ollama.RealOllama) -> str:
+    return model_cache.sha256_of([real.gguf])
+
+
+@dataclass
+class Cache:
+    """A hub cache in a temporary folder."""
+
+    root: Path
+    repo_dir: Path
+
+    @property
+    def snapshot(self) -> Path:
+        return self.repo_dir / "snapshots" / NEW_REVISION
+
+    def add(self, revision: str, name: str, source: Path | bytes, *, link: bool = True) -> Path:
+        """Put `source` (a file, hard-linked, or bytes) in blobs/ under its digest and point
+        snapshots/<revision>/<name> at it, as huggingface_hub does."""
+        blobs = self.repo_dir / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            digest = hashlib.sha256(source).hexdigest()
+            blob = blobs / digest
+            if not blob.exists():
+                blob.write_bytes(source)
+        else:
+            digest = model_cache.sha256_of([source])
+            blob = blobs / digest
+            if not blob.exists():
+                (os.link if link else shutil.copyfile)(source, blob)
+        target = self.repo_dir / "snapshots" / revision / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.path.relpath(blob, target.parent))
+        (self.repo_dir / "refs").mkdir(exist_ok=True)
+        (self.repo_dir / "refs" / "main").write_text(revision)
+        return target
+
+
+def make_cache(root: Path) -> Cache:
+    return Cache(root, root / ("models--" + REPO.replace("/", "--")))
+
+
+@pytest.fixture
+def cache(tmp_path: Path, real: real_ollama.RealOllama) -> Cache:
+    """The layout the module docstring describes, the old snapshot older by an hour."""
+    made = make_cache(tmp_path / "hub")
+    made.add(OLD_REVISION, Q4, b"GGUF junk of an older revision")
+    made.add(OLD_REVISION, "README.md", b"# old\n")
+    made.add(NEW_REVISION, Q4, real.gguf)
+    made.add(NEW_REVISION, Q8, real.gguf)
+    made.add(NEW_REVISION, MMPROJ, b"GGUF a projector, never the model")
+    made.add(NEW_REVISION, "README.md", b"# Gemma 3 270M GGUF\n")
+    old = made.repo_dir / "snapshots" / OLD_REVISION
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    return made
+
+
+def ollama_env(real: real_ollama.RealOllama, home: Path, models: Path, port: int) -> dict[str, str]:
+    """An environment for the real `ollama serve` and the boot: nothing inherited steers it."""
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OLLAMA_", "HF_", "RUNPOD_", "FAKE_OLLAMA_", "WORKER_"))
+        and k not in {"DEFAULT_MODEL", "MODELFILE", "MODELFILE_TUNING", "HOME", "XDG_CACHE_HOME"}
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **keep,
+        "HOME": str(home),
+        "PATH": f"{real.binary.parent}:{Path(sys.executable).parent}:{keep.get('PATH', '')}",
+        "OLLAMA_HOST": f"127.0.0.1:{port}",
+        "OLLAMA_MODELS": str(models),
+        "OLLAMA_NUM_PARALLEL": "1",
+        "OLLAMA_KEEP_ALIVE": "-1",
+    }
+
+
+@contextlib.contextmanager
+def ollama_serve(env: dict[str, str], log: Path) -> Iterator[str]:
+    """The real `ollama serve` in its own process group; its URL once it answers."""
+    url = "http://" + env["OLLAMA_HOST"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["ollama", "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ollama serve did not come up:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        # Its `ollama runner` child has no parent-death signal: stop the whole group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class Server:
+    """A running real Ollama and the environment the boot shares with it."""
+
+    url: str
+    env: dict[str, str]
+    models: Path
+
+    def boot_ready(self, **env: str) -> subprocess.CompletedProcess[str]:
+        """`python -m ollama_worker.boot ready` as ollama_boot.sh runs it, `env` on top."""
+        return subprocess.run(
+            [sys.executable, "-m", "ollama_worker.boot", "ready"],
+            cwd=ROOT,
+            env={**self.env, "PYTHONPATH": str(ROOT), **env},
+            capture_output=True,
+            text=True,
+            timeout=BOOT_TIMEOUT_S,
+        )
+
+    def show(self, model: str = "voice-assistant") -> dict[str, Any]:
+        answer = httpx.post(f"{self.url}/api/show", json={"model": model}, timeout=30)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def chat(self, model: str = "voice-assistant") -> dict[str, Any]:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "stream": False,
+            "options": {"num_predict": 4, "temperature": 0},
+        }
+        answer = httpx.post(f"{self.url}/api/chat", json=body, timeout=120)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+
+def start_server(
+    stack: contextlib.ExitStack, real: real_ollama.RealOllama, base: Path, models: Path
+) -> Server:
+    env = ollama_env(real, base / "home", models, free_port())
+    url = stack.enter_context(ollama_serve(env, base / f"ollama-{free_port()}.log"))
+    return Server(url, env, models)
+
+
+@pytest.fixture
+def server(tmp_path: Path, real: real_ollama.RealOllama) -> Iterator[Server]:
+    """The real Ollama with an empty model store on the cache's filesystem."""
+    with contextlib.ExitStack() as stack:
+        yield start_server(stack, real, tmp_path, tmp_path / "models")
+
+
+def size_of(real: real_ollama.RealOllama) -> str:
+    return model_cache.human_size(real.gguf.stat().st_size)
+
+
+def cache_env(cache: Cache, **extra: str) -> dict[str, str]:
+    return {"HF_MODEL": REPO.lower(), "HF_HUB_CACHE": str(cache.root), **extra}
+
+
+def boot_lines(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stderr + done.stdout
+
+
+def parameters(shown: dict[str, Any]) -> dict[str, list[str]]:
+    """`/api/show`'s parameters text as {key: [values]}."""
+    found: dict[str, list[str]] = {}
+    for line in str(shown.get("parameters", "")).splitlines():
+        key, _, value = line.strip().partition(" ")
+        found.setdefault(key, []).append(value.strip().strip('"'))
+    return found
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path`: another filesystem, with little room. Needs root."""
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole worker: ollama_boot.sh, the real Ollama, the SDK's production loop
+
+
+def deployed(
+    fake_runpod: FakeRunPod, real: real_ollama.RealOllama, base: Path, models: Path, **env: str
+) -> DeployedWorker:
+    port = free_port()
+    worker_env = {
+        **ollama_env(real, base / "home", models, port),
+        "OLLAMA_BOOT_TIMEOUT_S": "60",
+        "MAX_CONCURRENCY": "1",
+        **env,
+    }
+    worker = DeployedWorker(fake_runpod, worker_env, boot=True, startup_timeout_s=BOOT_TIMEOUT_S)
+    worker.ollama_port = port
+    return worker
+
+
+def chat_job(worker: DeployedWorker) -> dict[str, Any]:
+    record = worker.run({"prompt": "Say hello.", "max_tokens": 4, "temperature": 0}, timeout=120)
+    assert record.status == "COMPLETED", (record, worker.log()[-3000:])
+    (item,) = record.output
+    assert item["model"] == "voice-assistant"
+    assert isinstance(item["message"]["content"], str)
+    assert item["usage"]["completion_tokens"] >= 1
+    return dict(item)
+
+
+def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest(
+    fake_runpod: FakeRunPod,
+    real: real_ollama.RealOllama,
+    real_digest: str,
+    cache: Cache,
+    tmp_path: Path,
+) -> None:
+    # First boot of the host: the digest is computed, the GGUF linked, the model created.
+    first_store = tmp_path / "first" / "models"
+    with deployed(fake_runpod, real, tmp_path / "first", first_store, **cache_env(cache)) as worker:
+        chat_job(worker)
+        log = worker.log()
+        shown = httpx.post(
+            f"{worker.ollama_url}/api/show", json={"model": "voice-assistant"}
+        ).json()
+    assert f"{Q4} ({size_of(real)}), by the default Q4_K_M" in log, log
+    assert f"revision {NEW_REVISION[:12]}" in log
+    assert f"skipped the projector(s) {MMPROJ}" in log
+    assert "(hard link, hashed in" in log
+    blob = first_store / "blobs" / f"sha256-{real_digest}"
+    source = (cache.snapshot / Q4).resolve()
+    assert (blob.stat().st_ino, blob.stat().st_dev) == (source.stat().st_ino, source.stat().st_dev)
+    assert source.stat().st_nlink >= 3  # HF's blob, the Q8 name's target, Ollama's blob
+    # Our tuning on top of the GGUF's weights.
+    assert shown["system"] == MODELFILE_SYSTEM
+    params = parameters(shown)
+    assert params["num_ctx"] == ["8192"]
+    assert params["temperature"] == ["0.6"]
+    assert params["stop"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    assert shown["details"]["family"] == "gemma3"
+    assert shown["details"]["quantization_level"] == "Q4_K_M"
+
+    # A second worker on the same host (the same cache, a fresh container disk): no hashing.
+    second_store = tmp_path / "second" / "models"
+    with deployed(
+        fake_runpod, real, tmp_path / "second", second_store, **cache_env(cache)
+    ) as worker:
+        chat_job(worker)
+        log = worker.log()
+    assert "(hard link, digest remembered from an earlier boot)" in log, log
+    assert (second_store / "blobs" / f"sha256-{real_digest}").stat().st_ino == source.stat().st_ino
+
+
+def test_a_repository_missing_from_the_cache_stops_the_worker(
+    fake_runpod: FakeRunPod, real: real_ollama.RealOllama, cache: Cache, tmp_path: Path
+) -> None:
+    env = cache_env(cache, HF_MODEL="bartowski/Qwen2.5-7B-Instruct-GGUF")
+    worker = deployed(fake_runpod, real, tmp_path, tmp_path / "models", **env)
+    try:
+        worker.launch()
+        assert worker.wait_exit(timeout=BOOT_TIMEOUT_S) == 1
+        log = worker.log()
+    finally:
+        worker.stop()
+    assert (
+        f"HF_MODEL bartowski/Qwen2.5-7B-Instruct-GGUF is not in the model cache at {cache.root} "
+        f"(it holds: {REPO})"
+    ) in log, log
+    assert "started the handler" not in log  # no job was ever taken
+
+
+# ---------------------------------------------------------------------------------------------
+# The boot's import step against the real Ollama
+
+
+def test_a_quantization_served_as_it_is(
+    server: Server, cache: Cache, real: real_ollama.RealOllama
+) -> None:
+    done = server.boot_ready(**cache_env(cache, HF_QUANTIZATION="q8_0", MODELFILE_TUNING="off"))
+    assert done.returncode == 0, boot_lines(done)
+    assert f"{Q8} ({size_of(real)}), by HF_QUANTIZATION=q8_0" in done.stderr
+    assert "as it is (MODELFILE_TUNING=off)" in done.stderr
+    shown = server.show()
+    assert not shown.get("system")
+    assert "num_ctx" not in parameters(shown)
+    assert server.chat()["done"] is True
+
+
+def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
+    server: Server, cache: Cache, real: real_ollama.RealOllama, tmp_path: Path
+) -> None:
+    # "Baked": the image's voice-assistant, made the way `ollama_boot.sh bake` makes it.
+    baked = tmp_path / "Baked.modelfile"
+    baked.write_text(f'FROM {real.gguf}\nSYSTEM """I am the baked model."""\n')
+    subprocess.run(
+        ["ollama", "create", "voice-assistant", "-f", str(baked)],
+        env=server.env,
+        check=True,
+        capture_output=True,
+        timeout=BOOT_TIMEOUT_S,
+    )
+    assert server.show()["system"] == "I am the baked model."
+    own = tmp_path / "Own.modelfile"
+    template = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
+    own.write_text(
+        "FROM llama3.1:8b\n"
+        f'TEMPLATE """{template}"""\n'
+        'SYSTEM "Answer in one word."\n'
+        "PARAMETER num_predict 12\n"
+        'PARAMETER stop "<end_of_turn>"\n'
+    )
+    done = server.boot_ready(**cache_env(cache, MODELFILE=str(own)))
+    assert done.returncode == 0, boot_lines(done)
+    shown = server.show()
+    assert shown["system"] == "Answer in one word."
+    assert shown["template"] == template
+    assert parameters(shown) == {"num_predict": ["12"], "stop": ["<end_of_turn>"]}
+    assert server.chat()["done"] is True
+
+
+def test_a_split_gguf_is_joined_into_the_original_file(
+    server: Server, real: real_ollama.RealOllama, real_digest: str, tmp_path: Path
+) -> None:
+    shards = split_gguf(real.gguf, tmp_path / "shards", "gemma-3-270m-Q4_K_M")
+    made = make_cache(tmp_path / "hub")
+    for shard in shards:
+        made.add(NEW_REVISION, f"Q4_K_M/{shard.name}", shard)
+    made.add(NEW_REVISION, MMPROJ, b"GGUF a projector, never the model")
+    done = server.boot_ready(**cache_env(made))
+    assert done.returncode == 0, boot_lines(done)
+    assert f"Q4_K_M/gemma-3-270m-Q4_K_M-*-of-00002.gguf ({size_of(real)})" in done.stderr
+    assert "(joined copy, hashed in" in done.stderr
+    # Joined exactly as the file was before the split: byte for byte the same digest.
+    assert (server.models / "blobs" / f"sha256-{real_digest}").is_file()
+    assert server.chat()["done"] is True
+    again = server.boot_ready(**cache_env(made))
+    assert "(already there, digest remembered from an earlier boot)" in again.stderr, again.stderr
+
+
+def test_a_file_missing_from_the_snapshot_stops_the_boot(
+    server: Server, cache: Cache, real: real_ollama.RealOllama
+) -> None:
+    done = server.boot_ready(**cache_env(cache, HF_MODEL_FILE="gemma-3-270m-Q6_K.gguf"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"boot: HF_MODEL_FILE=gemma-3-270m-Q6_K.gguf is not in the snapshot (it holds: "
+        f"{Q4} ({size_of(real)}), {Q8} ({size_of(real)}))"
+    )
+    missing_quant = server.boot_ready(**cache_env(cache, HF_QUANTIZATION="IQ2_XS"))
+    assert missing_quant.returncode == 1
+    assert "no GGUF of quantization IQ2_XS in the snapshot (it holds:" in missing_quant.stderr
+
+
+def test_too_little_disk_fails_fast_before_writing(
+    real: real_ollama.RealOllama, cache: Cache, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        small = stack.enter_context(tmpfs(tmp_path / "small", "50m"))
+        server = start_server(stack, real, tmp_path, small / "models")
+        started = time.monotonic()
+        done = server.boot_ready(**cache_env(cache))
+        took = time.monotonic() - started
+        left = sorted(path.name for path in (small / "models" / "blobs").iterdir())
+    assert done.returncode == 1, boot_lines(done)
+    size = real.gguf.stat().st_size
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"boot: too little disk to copy {Q4} into Ollama's store at {small / 'models' / 'blobs'}: "
+        f"needs {model_cache.human_size(size + model_cache.SPACE_MARGIN_BYTES)} "
+        f"({size_of(real)} and a margin of 67.1 MB), "
+    ), last
+    assert last.endswith(
+        " MB available; give the container more disk, or put OLLAMA_MODELS on the cache's "
+        "filesystem so the GGUF is hard-linked"
+    ), last
+    assert left == []  # nothing was written
+    assert took < 30  # a hang guard: no copy was attempted
+
+
+def test_another_filesystem_gets_a_copy(
+    real: real_ollama.RealOllama, real_digest: str, cache: Cache, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(tmpfs(tmp_path / "disk", "400m"))
+        server = start_server(stack, real, tmp_path, disk / "models")
+        done = server.boot_ready(**cache_env(cache))
+        assert done.returncode == 0, boot_lines(done)
+        assert "(copy, hashed in" in done.stderr
+        blob = disk / "models" / "blobs" / f"sha256-{real_digest}"
+        assert blob.stat().st_dev != real.gguf.stat().st_dev
+        assert server.chat()["done"] is True
+        again = server.boot_ready(**cache_env(cache))
+        assert "(already there, digest remembered from an earlier boot)" in again.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A split GGUF, made the way llama.cpp's gguf-split makes one
+
+
+def _kv(key: str, kind: int, payload: bytes) -> bytes:
+    raw = key.encode()
+    return struct.pack("<Q", len(raw)) + raw + struct.pack("<I", kind) + payload
+
+
+def split_gguf(source: Path, folder: Path, prefix: str) -> list[Path]:
+    """Two shards of `source`: the split.* keys first and every other key in the first shard,
+    half the tensors in each, each shard's data aligned as in the original."""
+    with source.open("rb") as stream:
+        header = model_cache.read_gguf_header(stream, source.name)
+    alignment = 32
+    half = len(header.tensors) // 2
+    cut = header.tensors[half][1]
+    count = len(header.tensors)
+    folder.mkdir(parents=True)
+    paths = []
+    with source.open("rb") as original:
+        for index, (tensors, kvs, start, end) in enumerate(
+            [
+                (header.tensors[:half], [raw for _, _, raw in header.kvs], 0, cut),
+                (header.tensors[half:], [], cut, None),
+            ]
+        ):
+            split_kvs = [
+                _kv("split.no", 2, struct.pack("<H", index)),
+                _kv("split.count", 2, struct.pack("<H", 2)),
+                _kv("split.tensors.count", 5, struct.pack("<i", count)),
+            ]
+            infos = [info + struct.pack("<Q", offset - start) for info, offset in tensors]
+            head = struct.pack("<4sIQQ", b"GGUF", header.version, len(tensors), len(kvs) + 3)
+            head += b"".join(split_kvs + kvs + infos)
+            path = folder / f"{prefix}-{index + 1:05d}-of-00002.gguf"
+            original.seek(header.data_start + start)
+            data = original.read() if end is None else original.read(end - start)
+            path.write_bytes(head + b"\0" * (-len(head) % alignment) + data)
+            paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure parts, on tiny fake files
+
+
+def sizes_of(models: dict[str, list[str]], size: dict[str, int]) -> dict[str, int]:
+    return {name: sum(size[part] for part in parts) for name, parts in models.items()}
+
+
+def test_group_models_joins_shards_and_skips_projectors() -> None:
+    files = [
+        "Q4_K_M/m-Q4_K_M-00002-of-00002.gguf",
+        "Q4_K_M/m-Q4_K_M-00001-of-00002.gguf",
+        "m-Q8_0.gguf",
+        "mmproj-m-f16.gguf",
+        "MMPROJ-other.gguf",
+    ]
+    models, skipped = model_cache.group_models(files)
+    assert models == {
+        "Q4_K_M/m-Q4_K_M-*-of-00002.gguf": [
+            "Q4_K_M/m-Q4_K_M-00001-of-00002.gguf",
+            "Q4_K_M/m-Q4_K_M-00002-of-00002.gguf",
+        ],
+        "m-Q8_0.gguf": ["m-Q8_0.gguf"],
+    }
+    assert skipped == ["mmproj-m-f16.gguf", "MMPROJ-other.gguf"]
+    with pytest.raises(BootError, match=r"m-\*-of-00003.gguf lacks part\(s\) 2, 3"):
+        model_cache.group_models(["m-00001-of-00003.gguf"])
+
+
+FILES = {"m-Q2_K.gguf": 30, "m-Q4_K_M.gguf": 50, "m-Q4_K_S.gguf": 45, "m-UD-IQ1_S.gguf": 20}
+
+
+def choose(**kwargs: str) -> tuple[str, str]:
+    models, _ = model_cache.group_models(FILES)
+    return model_cache.choose(models, sizes_of(models, FILES), **kwargs)
+
+
+def test_choose_defaults_to_q4_k_m_and_matches_whole_tags() -> None:
+    assert choose() == ("m-Q4_K_M.gguf", "the default Q4_K_M")
+    assert choose(quantization="q4_k_s") == ("m-Q4_K_S.gguf", "HF_QUANTIZATION=q4_k_s")
+    assert choose(quantization="IQ1_S")[0] == "m-UD-IQ1_S.gguf"
+    with pytest.raises(BootError, match=r"no GGUF of quantization Q4 in the snapshot"):
+        choose(quantization="Q4")  # Q4 is not Q4_K_M
+    assert choose(model_file="m-Q2_K.gguf") == ("m-Q2_K.gguf", "HF_MODEL_FILE=m-Q2_K.gguf")
+
+
+def test_choose_without_q4_k_m_takes_the_smallest_and_says_so() -> None:
+    files = {"m-Q8_0.gguf": 80, "m-Q5_K_M.gguf": 55}
+    models, _ = model_cache.group_models(files)
+    name, reason = model_cache.choose(models, sizes_of(models, files))
+    assert name == "m-Q5_K_M.gguf"
+    assert reason == (
+        "the smallest GGUF, since none is Q4_K_M "
+        "(it holds: m-Q5_K_M.gguf (55 B), m-Q8_0.gguf (80 B))"
+    )
+
+
+def test_choose_refuses_an_ambiguous_quantization_and_names_a_shard_set_by_any_part() -> None:
+    files = {"a-Q4_K_M.gguf": 1, "b-Q4_K_M.gguf": 2}
+    models, _ = model_cache.group_models(files)
+    with pytest.raises(BootError, match=r"2 files match the quantization Q4_K_M: .*HF_MODEL_FILE"):
+        model_cache.choose(models, sizes_of(models, files))
+    shards = {"m-00001-of-00002.gguf": 1, "m-00002-of-00002.gguf": 1}
+    models, _ = model_cache.group_models(shards)
+    chosen = model_cache.choose(
+        models, sizes_of(models, shards), model_file="m-00002-of-00002.gguf"
+    )
+    assert chosen[0] == "m-*-of-00002.gguf"
+
+
+@pytest.mark.parametrize(
+    ("written", "repo", "tag"),
+    [
+        ("unsloth/Qwen3-8B-GGUF", "unsloth/Qwen3-8B-GGUF", ""),
+        ("hf.co/unsloth/Qwen3-8B-GGUF:Q8_0", "unsloth/Qwen3-8B-GGUF", "Q8_0"),
+        ("https://huggingface.co/unsloth/Qwen3-8B-GGUF/tree/main", "unsloth/Qwen3-8B-GGUF", ""),
+    ],
+)
+def test_parse_repo_id(written: str, repo: str, tag: str) -> None:
+    assert model_cache.parse_repo_id(written) == (repo, tag)
+
+
+def test_parse_repo_id_refuses_what_is_not_a_repository() -> None:
+    with pytest.raises(BootError, match="is not a Hugging Face repository id"):
+        model_cache.parse_repo_id("llama3.1:8b")
+
+
+def test_locate_takes_the_newest_snapshot_matching_any_case(tmp_path: Path) -> None:
+    made = make_cache(tmp_path / "hub")
+    made.add(OLD_REVISION, Q4, b"old")
+    made.add(NEW_REVISION, Q4, b"new")
+    made.add(NEW_REVISION, MMPROJ, b"projector")
+    old = made.repo_dir / "snapshots" / OLD_REVISION
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    choice, line = model_cache.locate(
+        model_cache.CacheSettings(hf_model=REPO.upper(), hub_cache=str(made.root))
+    )
+    assert choice.files == (made.snapshot / Q4,)
+    assert choice.files[0].read_bytes() == b"new"
+    assert line == (
+        f"{REPO} revision {NEW_REVISION[:12]}: {Q4} (3 B), by the default Q4_K_M; "
+        f"skipped the projector(s) {MMPROJ}"
+    )
+
+
+def test_locate_names_what_the_cache_holds(tmp_path: Path) -> None:
+    made = make_cache(tmp_path / "hub")
+    made.add(NEW_REVISION, "README.md", b"no gguf")
+    settings = model_cache.CacheSettings(hf_model="org/absent", hub_cache=str(made.root))
+    with pytest.raises(BootError, match=rf"not in the model cache at .* \(it holds: {REPO}\)"):
+        model_cache.locate(settings)
+    settings = model_cache.CacheSettings(hf_model=REPO, hub_cache=str(made.root))
+    with pytest.raises(BootError, match=r"holds no GGUF model at .* \(it holds: README.md\)"):
+        model_cache.locate(settings)
+    settings = model_cache.CacheSettings(hf_model=REPO, hub_cache=str(tmp_path / "none"))
+    with pytest.raises(BootError, match=r"which does not exist, \(it holds: no model repository"):
+        model_cache.locate(settings)
+
+
+def test_the_remembered_digest_is_keyed_by_path_size_and_mtime(tmp_path: Path) -> None:
+    made = make_cache(tmp_path / "hub")
+    link = made.add(NEW_REVISION, Q4, b"weights")
+    files = (link,)
+    assert model_cache.remembered_digest(files) is None
+    digest = model_cache.sha256_of(files)
+    memo = model_cache.remember_digest(files, digest)
+    assert memo == link.resolve().parent / f".{link.resolve().name}.ollama-digest.json"
+    assert model_cache.remembered_digest(files) == digest
+    os.utime(link.resolve(), ns=(0, 123))  # touched: the memo no longer holds
+    assert model_cache.remembered_digest(files) is None
+
+
+def test_parse_modelfile_reads_ours() -> None:
+    parsed = model_cache.parse_modelfile((ROOT / "Modelfile").read_text())
+    assert parsed.system == MODELFILE_SYSTEM
+    assert parsed.template is None
+    assert parsed.parameters["num_ctx"] == ["8192"]
+    assert parsed.parameters["stop"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    body = model_cache.create_request("m", "model.gguf", "0" * 64, parsed, ["<end_of_turn>"])
+    assert body["files"] == {"model.gguf": "sha256:" + "0" * 64}
+    assert body["parameters"]["num_ctx"] == 8192
+    assert body["parameters"]["temperature"] == 0.6
+    # The GGUF template's stops are kept beside the Modelfile's, which were written for llama.
+    assert body["parameters"]["stop"] == [
+        "<end_of_turn>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ]
+    assert model_cache.create_request("m", "model.gguf", "0" * 64, None, []) == {
+        "model": "m",
+        "files": {"model.gguf": "sha256:" + "0" * 64},
+        "stream": True,
+    }
+
+
+def test_parse_modelfile_refuses_an_unclosed_block() -> None:
+    with pytest.raises(BootError, match='SYSTEM opens """ and never closes it'):
+        model_cache.parse_modelfile('FROM x\nSYSTEM """never closed\n')
+
+
+def test_join_of_a_split_file_is_the_original(tmp_path: Path) -> None:
+    """A tiny synthetic GGUF: two tensors, split in two and joined back byte for byte."""
+    kvs = [_kv("general.architecture", 8, struct.pack("<Q", 4) + b"test")]
+    infos = []
+    for index, offset in enumerate((0, 32)):
+        name = f"t{index}".encode()
+        infos.append(struct.pack("<Q", len(name)) + name + struct.pack("<IQIQ", 1, 8, 0, offset))
+    head = struct.pack("<4sIQQ", b"GGUF", 3, 2, 1) + b"".join(kvs + infos)
+    data = bytes(range(32)) + bytes(range(100, 132))
+    original = tmp_path / "m.gguf"
+    original.write_bytes(head + b"\0" * (-len(head) % 32) + data)
+    shards = split_gguf(original, tmp_path / "shards", "m")
+    joined = tmp_path / "joined.gguf"
+    with joined.open("wb") as out:
+        model_cache.join_shards(tuple(shards), out)
+    assert joined.read_bytes() == original.read_bytes()
+
+
+def test_model_cache_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import ollama_worker.model_cache;"
+        "mods = {m.split('.')[0] for m in set(sys.modules) - before};"
+        "print(sorted(mods - set(sys.stdlib_module_names) - {'ollama_worker'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout.replace("'", '"')) == []
