@@ -171,18 +171,19 @@ start_handler() {
 }
 
 run() {
-  local done_pid status defer_handler=''
+  local done_pid status defer_handler='' importing=''
   start_ollama
   # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
   # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
-  # arrives during the load simply waits inside Ollama. A pull on boot and an import from
-  # the model cache (HF_MODEL) are the exceptions: until they end the model does not exist
-  # (or is a baked one of the same name), so the handler starts after them.
+  # arrives during the load simply waits inside Ollama. A pull on boot is the exception:
+  # until it ends the model does not exist, so the handler starts after it. So is an import
+  # from the model cache (HF_MODEL): until it ends the model does not exist, or is a baked
+  # one of the same name; the handler starts after it, and its imports overlap the load.
   case ${pull_on_boot,,} in
   1 | true | yes | on) defer_handler=1 ;;
-  *) if [[ -n ${HF_MODEL:-} ]]; then defer_handler=1; else start_handler "$@"; fi ;;
+  *) if [[ -n ${HF_MODEL:-} ]]; then importing=import; else start_handler "$@"; fi ;;
   esac
-  "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+  "$python" -m ollama_worker.boot "${importing:-ready}" --pid "$ollama_pid" &
   boot_pid=$!
 
   while :; do
@@ -199,6 +200,13 @@ run() {
       if ((status != 0)); then
         log "boot failed (see the boot: line above); stopping the worker"
         exit 1
+      fi
+      if [[ -n $importing ]]; then
+        importing='' defer_handler=''
+        start_handler "$@"
+        HF_MODEL='' "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+        boot_pid=$!
+        continue
       fi
       log "ready: $default_model is loaded"
       if [[ -n $defer_handler ]]; then start_handler "$@"; fi

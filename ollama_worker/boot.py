@@ -296,6 +296,21 @@ def check_gpu_residency(base_url: str, min_fraction: float) -> None:
         )
 
 
+def _wait_and_import(
+    base_url: str, model: str, timeout_s: float, pid: int | None, cache: CacheSettings | None
+) -> None:
+    """Wait for Ollama, then create `model` from the model cache when `cache` is given."""
+    started = time.monotonic()
+    version = wait_for_ollama(base_url, timeout_s, pid=pid)
+    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    if cache is not None:
+        # Only once Ollama answers: `ollama serve` prunes the blobs no manifest names as it
+        # starts, a hard link made before included.
+        from ollama_worker.model_cache import import_model
+
+        import_model(base_url, model, cache)
+
+
 def _ready(
     base_url: str,
     model: str,
@@ -310,13 +325,7 @@ def _ready(
     `cache` says so (HF_MODEL), check (or pull) the model, preload, and check how much of it
     landed in GPU memory."""
     started = time.monotonic()
-    version = wait_for_ollama(base_url, timeout_s, pid=pid)
-    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
-    if cache is not None:
-        # After Ollama answers: `ollama serve` prunes blobs no manifest names as it starts.
-        from ollama_worker.model_cache import import_model
-
-        import_model(base_url, model, cache)
+    _wait_and_import(base_url, model, timeout_s, pid, cache)
     installed = installed_models(base_url)
     if not is_installed(model, installed):
         if not pull_on_boot:
@@ -372,8 +381,16 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
     load.add_argument("--timeout", type=float, default=PRELOAD_TIMEOUT_S)
 
+    imports = commands.add_parser(
+        "import", help="wait, then create DEFAULT_MODEL from the model cache's HF_MODEL"
+    )
+    imports.add_argument("--pid", type=int, help="give up at once if this process dies")
+    imports.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
+
     ready = commands.add_parser(
-        "ready", help="wait, check (pull if OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL"
+        "ready",
+        help="wait, import from the model cache if HF_MODEL is set, check (pull if "
+        "OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL",
     )
     ready.add_argument("--pid", type=int, help="give up at once if this process dies")
     ready.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
@@ -401,6 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pull(base_url, model)
         elif args.command == "preload":
             preload(base_url, args.model or settings.default_model, timeout_s=args.timeout)
+        elif args.command == "import":
+            cache = _cache_settings(settings)
+            if cache is None:
+                raise BootError("HF_MODEL is not set: there is nothing to import")
+            timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
+            _wait_and_import(base_url, settings.default_model, timeout_s, args.pid, cache)
         elif args.command == "ready":
             timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
             _ready(

@@ -18,10 +18,8 @@ and fail instead under CI=true.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -40,10 +38,9 @@ from ollama_worker.boot import BootError
 from scripts import real_ollama
 from tests.fake_runpod import FakeRunPod
 from tests.harness import ROOT, DeployedWorker, free_port
+from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache, ollama_env
 
 REPO = "Google/Gemma-3-270M-GGUF"  # the canonical casing, as RunPod stores it
-NEW_REVISION = "b" * 40
-OLD_REVISION = "a" * 40
 Q4 = "gemma-3-270m-Q4_K_M.gguf"
 Q8 = "gemma-3-270m-Q8_0.gguf"
 MMPROJ = "mmproj-gemma-3-270m-Q4_K_M.gguf"
@@ -73,48 +70,10 @@ def real_digest(real: real_ollama.RealOllama) -> str:
     return model_cache.sha256_of([real.gguf])
 
 
-@dataclass
-class Cache:
-    """A hub cache in a temporary folder."""
-
-    root: Path
-    repo_dir: Path
-
-    @property
-    def snapshot(self) -> Path:
-        return self.repo_dir / "snapshots" / NEW_REVISION
-
-    def add(self, revision: str, name: str, source: Path | bytes, *, link: bool = True) -> Path:
-        """Put `source` (a file, hard-linked, or bytes) in blobs/ under its digest and point
-        snapshots/<revision>/<name> at it, as huggingface_hub does."""
-        blobs = self.repo_dir / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
-        if isinstance(source, bytes):
-            digest = hashlib.sha256(source).hexdigest()
-            blob = blobs / digest
-            if not blob.exists():
-                blob.write_bytes(source)
-        else:
-            digest = model_cache.sha256_of([source])
-            blob = blobs / digest
-            if not blob.exists():
-                (os.link if link else shutil.copyfile)(source, blob)
-        target = self.repo_dir / "snapshots" / revision / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(os.path.relpath(blob, target.parent))
-        (self.repo_dir / "refs").mkdir(exist_ok=True)
-        (self.repo_dir / "refs" / "main").write_text(revision)
-        return target
-
-
-def make_cache(root: Path) -> Cache:
-    return Cache(root, root / ("models--" + REPO.replace("/", "--")))
-
-
 @pytest.fixture
 def cache(tmp_path: Path, real: real_ollama.RealOllama) -> Cache:
     """The layout the module docstring describes, the old snapshot older by an hour."""
-    made = make_cache(tmp_path / "hub")
+    made = make_cache(tmp_path / "hub", REPO)
     made.add(OLD_REVISION, Q4, b"GGUF junk of an older revision")
     made.add(OLD_REVISION, "README.md", b"# old\n")
     made.add(NEW_REVISION, Q4, real.gguf)
@@ -125,26 +84,6 @@ def cache(tmp_path: Path, real: real_ollama.RealOllama) -> Cache:
     hour_ago = time.time() - 3600
     os.utime(old, (hour_ago, hour_ago))
     return made
-
-
-def ollama_env(real: real_ollama.RealOllama, home: Path, models: Path, port: int) -> dict[str, str]:
-    """An environment for the real `ollama serve` and the boot: nothing inherited steers it."""
-    keep = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OLLAMA_", "HF_", "RUNPOD_", "FAKE_OLLAMA_", "WORKER_"))
-        and k not in {"DEFAULT_MODEL", "MODELFILE", "MODELFILE_TUNING", "HOME", "XDG_CACHE_HOME"}
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        **keep,
-        "HOME": str(home),
-        "PATH": f"{real.binary.parent}:{Path(sys.executable).parent}:{keep.get('PATH', '')}",
-        "OLLAMA_HOST": f"127.0.0.1:{port}",
-        "OLLAMA_MODELS": str(models),
-        "OLLAMA_NUM_PARALLEL": "1",
-        "OLLAMA_KEEP_ALIVE": "-1",
-    }
 
 
 @contextlib.contextmanager
@@ -414,7 +353,7 @@ def test_a_split_gguf_is_joined_into_the_original_file(
     server: Server, real: real_ollama.RealOllama, real_digest: str, tmp_path: Path
 ) -> None:
     shards = split_gguf(real.gguf, tmp_path / "shards", "gemma-3-270m-Q4_K_M")
-    made = make_cache(tmp_path / "hub")
+    made = make_cache(tmp_path / "hub", REPO)
     for shard in shards:
         made.add(NEW_REVISION, f"Q4_K_M/{shard.name}", shard)
     made.add(NEW_REVISION, MMPROJ, b"GGUF a projector, never the model")
@@ -616,7 +555,7 @@ def test_parse_repo_id_refuses_what_is_not_a_repository() -> None:
 
 
 def test_locate_takes_the_newest_snapshot_matching_any_case(tmp_path: Path) -> None:
-    made = make_cache(tmp_path / "hub")
+    made = make_cache(tmp_path / "hub", REPO)
     made.add(OLD_REVISION, Q4, b"old")
     made.add(NEW_REVISION, Q4, b"new")
     made.add(NEW_REVISION, MMPROJ, b"projector")
@@ -634,7 +573,7 @@ def test_locate_takes_the_newest_snapshot_matching_any_case(tmp_path: Path) -> N
 
 
 def test_locate_names_what_the_cache_holds(tmp_path: Path) -> None:
-    made = make_cache(tmp_path / "hub")
+    made = make_cache(tmp_path / "hub", REPO)
     made.add(NEW_REVISION, "README.md", b"no gguf")
     settings = model_cache.CacheSettings(hf_model="org/absent", hub_cache=str(made.root))
     with pytest.raises(BootError, match=rf"not in the model cache at .* \(it holds: {REPO}\)"):
@@ -648,7 +587,7 @@ def test_locate_names_what_the_cache_holds(tmp_path: Path) -> None:
 
 
 def test_the_remembered_digest_is_keyed_by_path_size_and_mtime(tmp_path: Path) -> None:
-    made = make_cache(tmp_path / "hub")
+    made = make_cache(tmp_path / "hub", REPO)
     link = made.add(NEW_REVISION, Q4, b"weights")
     files = (link,)
     assert model_cache.remembered_digest(files) is None
