@@ -47,8 +47,9 @@ def _boot_env(models_dir: Path, ollama_port: int) -> dict[str, str]:
     keep = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("FAKE_OLLAMA_", "OLLAMA_", "VAPI_", "WORKER_", "RUNPOD_"))
+        if not k.startswith(("FAKE_OLLAMA_", "OLLAMA_", "VAPI_", "WORKER_", "RUNPOD_", "HF_"))
         and k not in {"DEFAULT_MODEL", "PULL_MODELS", "MAX_CONCURRENCY", "MODELFILE"}
+        and k != "MODELFILE_TUNING"
     }
     venv_bin = str(Path(sys.executable).parent)
     return {

@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.cold_start import time_boot
+from bench.cold_start import _boot_env, time_boot
 from bench.common import BenchError, Figure, progress
 from scripts import real_ollama
 from tests.harness import free_port
-from tests.hf_cache import NEW_REVISION, make_cache, ollama_env
+from tests.hf_cache import NEW_REVISION, make_cache
+from tests.real_ollama import RealOllamaServer, real_boot_env
 
 REPO = "Google/Gemma-3-270M-GGUF"
 GGUF_NAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -32,8 +33,12 @@ def _boot(
     """One cold start in `base`: the marks of time_boot and what the boot log says."""
     base.mkdir(parents=True)
     port = free_port()
+    # Not started: its HOME and store, for the `ollama serve` that ollama_boot.sh starts.
+    server = RealOllamaServer(real, models)
     env = {
-        **ollama_env(real, base / "home", models, port),
+        **_boot_env(models, port),
+        **real_boot_env(server),
+        "OLLAMA_NUM_PARALLEL": "1",
         "OLLAMA_BOOT_TIMEOUT_S": str(TIMEOUT_S),
         "MAX_CONCURRENCY": "1",
         **extra,

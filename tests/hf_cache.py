@@ -1,18 +1,15 @@
 """A Hugging Face hub cache laid out in a folder as huggingface_hub (and so RunPod's model cache)
-lays it out, and the environment of a real `ollama serve`: shared by tests/test_model_cache.py
-and bench/model_cache.py."""
+lays it out: shared by tests/test_model_cache.py and bench/model_cache.py."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ollama_worker import model_cache
-from scripts import real_ollama
 
 NEW_REVISION = "b" * 40
 OLD_REVISION = "a" * 40
@@ -63,23 +60,3 @@ def _digest(path: str, _size: int, _mtime_ns: int) -> str:
 def make_cache(root: Path, repo: str) -> Cache:
     """An empty cache at `root` for the repository `repo` (its canonical casing)."""
     return Cache(root, root / ("models--" + repo.replace("/", "--")))
-
-
-def ollama_env(real: real_ollama.RealOllama, home: Path, models: Path, port: int) -> dict[str, str]:
-    """An environment for the real `ollama serve` and the boot: nothing inherited steers it."""
-    keep = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OLLAMA_", "HF_", "RUNPOD_", "FAKE_OLLAMA_", "WORKER_"))
-        and k not in {"DEFAULT_MODEL", "MODELFILE", "MODELFILE_TUNING", "HOME", "XDG_CACHE_HOME"}
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        **keep,
-        "HOME": str(home),
-        "PATH": f"{real.binary.parent}:{Path(sys.executable).parent}:{keep.get('PATH', '')}",
-        "OLLAMA_HOST": f"127.0.0.1:{port}",
-        "OLLAMA_MODELS": str(models),
-        "OLLAMA_NUM_PARALLEL": "1",
-        "OLLAMA_KEEP_ALIVE": "-1",
-    }

@@ -20,13 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +33,13 @@ import pytest
 
 from ollama_worker import model_cache
 from ollama_worker.boot import BootError
-from scripts import real_ollama
+from scripts.real_ollama import RealOllama
 from tests.fake_runpod import FakeRunPod
-from tests.harness import ROOT, DeployedWorker, free_port
-from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache, ollama_env
+from tests.harness import ROOT, DeployedWorker
+from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache
+from tests.real_ollama import MODEL, RealOllamaServer, real_boot_env, require_real_ollama
+
+pytestmark = pytest.mark.real
 
 REPO = "Google/Gemma-3-270M-GGUF"  # the canonical casing, as RunPod stores it
 Q4 = "gemma-3-270m-Q4_K_M.gguf"
@@ -46,6 +47,16 @@ Q8 = "gemma-3-270m-Q8_0.gguf"
 MMPROJ = "mmproj-gemma-3-270m-Q4_K_M.gguf"
 # Generous hang guards; the bench measures speed.
 BOOT_TIMEOUT_S = 120.0
+# Settings of the model cache that the tests set themselves, never inherit.
+CACHE_VARIABLES = (
+    "HF_MODEL",
+    "HF_MODEL_FILE",
+    "HF_QUANTIZATION",
+    "HF_HUB_CACHE",
+    "MODELFILE",
+    "MODELFILE_TUNING",
+    "DEFAULT_MODEL",
+)
 MODELFILE_SYSTEM = (ROOT / "Modelfile").read_text().split('SYSTEM """', 1)[1].split('"""', 1)[0]
 
 
@@ -54,24 +65,18 @@ MODELFILE_SYSTEM = (ROOT / "Modelfile").read_text().split('SYSTEM """', 1)[1].sp
 
 
 @pytest.fixture(scope="module")
-def real() -> real_ollama.RealOllama:
+def real() -> RealOllama:
     """The real Ollama binary and GGUF; a skip saying why (a failure under CI) when absent."""
-    found = real_ollama.locate()
-    if found is None:
-        why = "the real Ollama and Gemma GGUF are not provided (run `make ollama`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{why}: CI must test the model cache against them")
-        pytest.skip(why)
-    return found
+    return require_real_ollama()
 
 
 @pytest.fixture(scope="module")
-def real_digest(real: real_ollama.RealOllama) -> str:
+def real_digest(real: RealOllama) -> str:
     return model_cache.sha256_of([real.gguf])
 
 
 @pytest.fixture
-def cache(tmp_path: Path, real: real_ollama.RealOllama) -> Cache:
+def cache(tmp_path: Path, real: RealOllama) -> Cache:
     """The layout the module docstring describes, the old snapshot older by an hour."""
     made = make_cache(tmp_path / "hub", REPO)
     made.add(OLD_REVISION, Q4, b"GGUF junk of an older revision")
@@ -86,93 +91,45 @@ def cache(tmp_path: Path, real: real_ollama.RealOllama) -> Cache:
     return made
 
 
-@contextlib.contextmanager
-def ollama_serve(env: dict[str, str], log: Path) -> Iterator[str]:
-    """The real `ollama serve` in its own process group; its URL once it answers."""
-    url = "http://" + env["OLLAMA_HOST"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["ollama", "serve"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ollama serve did not come up:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        # Its `ollama runner` child has no parent-death signal: stop the whole group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@dataclass
-class Server:
-    """A running real Ollama and the environment the boot shares with it."""
-
-    url: str
-    env: dict[str, str]
-    models: Path
-
-    def boot_ready(self, **env: str) -> subprocess.CompletedProcess[str]:
-        """`python -m ollama_worker.boot ready` as ollama_boot.sh runs it, `env` on top."""
-        return subprocess.run(
-            [sys.executable, "-m", "ollama_worker.boot", "ready"],
-            cwd=ROOT,
-            env={**self.env, "PYTHONPATH": str(ROOT), **env},
-            capture_output=True,
-            text=True,
-            timeout=BOOT_TIMEOUT_S,
-        )
-
-    def show(self, model: str = "voice-assistant") -> dict[str, Any]:
-        answer = httpx.post(f"{self.url}/api/show", json={"model": model}, timeout=30)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-    def chat(self, model: str = "voice-assistant") -> dict[str, Any]:
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": "Say hello."}],
-            "stream": False,
-            "options": {"num_predict": 4, "temperature": 0},
-        }
-        answer = httpx.post(f"{self.url}/api/chat", json=body, timeout=120)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-
-def start_server(
-    stack: contextlib.ExitStack, real: real_ollama.RealOllama, base: Path, models: Path
-) -> Server:
-    env = ollama_env(real, base / "home", models, free_port())
-    url = stack.enter_context(ollama_serve(env, base / f"ollama-{free_port()}.log"))
-    return Server(url, env, models)
+def serve(real: RealOllama, models: Path) -> RealOllamaServer:
+    return RealOllamaServer(real, models, {"OLLAMA_NUM_PARALLEL": "1"})
 
 
 @pytest.fixture
-def server(tmp_path: Path, real: real_ollama.RealOllama) -> Iterator[Server]:
+def server(tmp_path: Path, real: RealOllama) -> Iterator[RealOllamaServer]:
     """The real Ollama with an empty model store on the cache's filesystem."""
-    with contextlib.ExitStack() as stack:
-        yield start_server(stack, real, tmp_path, tmp_path / "models")
+    with serve(real, tmp_path / "models") as running:
+        yield running
 
 
-def size_of(real: real_ollama.RealOllama) -> str:
+def boot_ready(server: RealOllamaServer, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ollama_worker.boot ready` as ollama_boot.sh runs it, on `server`'s store."""
+    inherited = {k: v for k, v in server.env().items() if k not in CACHE_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_worker.boot", "ready"],
+        cwd=ROOT,
+        env={**inherited, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT_S,
+    )
+
+
+def chat(server: RealOllamaServer) -> dict[str, Any]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "stream": False,
+        "options": {"num_predict": 4, "temperature": 0},
+    }
+    return dict(server.api("POST", "/api/chat", body))
+
+
+def show(server: RealOllamaServer) -> dict[str, Any]:
+    return dict(server.api("POST", "/api/show", {"model": MODEL}))
+
+
+def size_of(real: RealOllama) -> str:
     return model_cache.human_size(real.gguf.stat().st_size)
 
 
@@ -214,26 +171,24 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 # The whole worker: ollama_boot.sh, the real Ollama, the SDK's production loop
 
 
-def deployed(
-    fake_runpod: FakeRunPod, real: real_ollama.RealOllama, base: Path, models: Path, **env: str
-) -> DeployedWorker:
-    port = free_port()
-    worker_env = {
-        **ollama_env(real, base / "home", models, port),
-        "OLLAMA_BOOT_TIMEOUT_S": "60",
-        "MAX_CONCURRENCY": "1",
-        **env,
-    }
-    worker = DeployedWorker(fake_runpod, worker_env, boot=True, startup_timeout_s=BOOT_TIMEOUT_S)
-    worker.ollama_port = port
-    return worker
+def deployed(fake_runpod: FakeRunPod, real: RealOllama, models: Path, **env: str) -> DeployedWorker:
+    """The worker through ollama_boot.sh, which starts the real `ollama serve` on `models`."""
+    boot_env = real_boot_env(serve(real, models))
+    worker_env = {**boot_env, "OLLAMA_NUM_PARALLEL": "1", "MAX_CONCURRENCY": "1", **env}
+    return DeployedWorker(
+        fake_runpod,
+        worker_env,
+        boot=True,
+        unset=CACHE_VARIABLES,
+        startup_timeout_s=BOOT_TIMEOUT_S,
+    )
 
 
 def chat_job(worker: DeployedWorker) -> dict[str, Any]:
     record = worker.run({"prompt": "Say hello.", "max_tokens": 4, "temperature": 0}, timeout=120)
     assert record.status == "COMPLETED", (record, worker.log()[-3000:])
     (item,) = record.output
-    assert item["model"] == "voice-assistant"
+    assert item["model"] == MODEL
     assert isinstance(item["message"]["content"], str)
     assert item["usage"]["completion_tokens"] >= 1
     return dict(item)
@@ -241,14 +196,14 @@ def chat_job(worker: DeployedWorker) -> dict[str, Any]:
 
 def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest(
     fake_runpod: FakeRunPod,
-    real: real_ollama.RealOllama,
+    real: RealOllama,
     real_digest: str,
     cache: Cache,
     tmp_path: Path,
 ) -> None:
     # First boot of the host: the digest is computed, the GGUF linked, the model created.
     first_store = tmp_path / "first" / "models"
-    with deployed(fake_runpod, real, tmp_path / "first", first_store, **cache_env(cache)) as worker:
+    with deployed(fake_runpod, real, first_store, **cache_env(cache)) as worker:
         chat_job(worker)
         log = worker.log()
         shown = httpx.post(
@@ -273,9 +228,7 @@ def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest
 
     # A second worker on the same host (the same cache, a fresh container disk): no hashing.
     second_store = tmp_path / "second" / "models"
-    with deployed(
-        fake_runpod, real, tmp_path / "second", second_store, **cache_env(cache)
-    ) as worker:
+    with deployed(fake_runpod, real, second_store, **cache_env(cache)) as worker:
         chat_job(worker)
         log = worker.log()
     assert "(hard link, digest remembered from an earlier boot)" in log, log
@@ -283,10 +236,10 @@ def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest
 
 
 def test_a_repository_missing_from_the_cache_stops_the_worker(
-    fake_runpod: FakeRunPod, real: real_ollama.RealOllama, cache: Cache, tmp_path: Path
+    fake_runpod: FakeRunPod, real: RealOllama, cache: Cache, tmp_path: Path
 ) -> None:
     env = cache_env(cache, HF_MODEL="bartowski/Qwen2.5-7B-Instruct-GGUF")
-    worker = deployed(fake_runpod, real, tmp_path, tmp_path / "models", **env)
+    worker = deployed(fake_runpod, real, tmp_path / "models", **env)
     try:
         worker.launch()
         assert worker.wait_exit(timeout=BOOT_TIMEOUT_S) == 1
@@ -305,32 +258,24 @@ def test_a_repository_missing_from_the_cache_stops_the_worker(
 
 
 def test_a_quantization_served_as_it_is(
-    server: Server, cache: Cache, real: real_ollama.RealOllama
+    server: RealOllamaServer, cache: Cache, real: RealOllama
 ) -> None:
-    done = server.boot_ready(**cache_env(cache, HF_QUANTIZATION="q8_0", MODELFILE_TUNING="off"))
+    done = boot_ready(server, **cache_env(cache, HF_QUANTIZATION="q8_0", MODELFILE_TUNING="off"))
     assert done.returncode == 0, boot_lines(done)
     assert f"{Q8} ({size_of(real)}), by HF_QUANTIZATION=q8_0" in done.stderr
     assert "as it is (MODELFILE_TUNING=off)" in done.stderr
-    shown = server.show()
+    shown = show(server)
     assert not shown.get("system")
     assert "num_ctx" not in parameters(shown)
-    assert server.chat()["done"] is True
+    assert chat(server)["done"] is True
 
 
 def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
-    server: Server, cache: Cache, real: real_ollama.RealOllama, tmp_path: Path
+    server: RealOllamaServer, cache: Cache, real: RealOllama, tmp_path: Path
 ) -> None:
     # "Baked": the image's voice-assistant, made the way `ollama_boot.sh bake` makes it.
-    baked = tmp_path / "Baked.modelfile"
-    baked.write_text(f'FROM {real.gguf}\nSYSTEM """I am the baked model."""\n')
-    subprocess.run(
-        ["ollama", "create", "voice-assistant", "-f", str(baked)],
-        env=server.env,
-        check=True,
-        capture_output=True,
-        timeout=BOOT_TIMEOUT_S,
-    )
-    assert server.show()["system"] == "I am the baked model."
+    server.create(MODEL, f'FROM {real.gguf}\nSYSTEM """I am the baked model."""\n')
+    assert show(server)["system"] == "I am the baked model."
     own = tmp_path / "Own.modelfile"
     template = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
     own.write_text(
@@ -340,56 +285,56 @@ def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
         "PARAMETER num_predict 12\n"
         'PARAMETER stop "<end_of_turn>"\n'
     )
-    done = server.boot_ready(**cache_env(cache, MODELFILE=str(own)))
+    done = boot_ready(server, **cache_env(cache, MODELFILE=str(own)))
     assert done.returncode == 0, boot_lines(done)
-    shown = server.show()
+    shown = show(server)
     assert shown["system"] == "Answer in one word."
     assert shown["template"] == template
     assert parameters(shown) == {"num_predict": ["12"], "stop": ["<end_of_turn>"]}
-    assert server.chat()["done"] is True
+    assert chat(server)["done"] is True
 
 
 def test_a_split_gguf_is_joined_into_the_original_file(
-    server: Server, real: real_ollama.RealOllama, real_digest: str, tmp_path: Path
+    server: RealOllamaServer, real: RealOllama, real_digest: str, tmp_path: Path
 ) -> None:
     shards = split_gguf(real.gguf, tmp_path / "shards", "gemma-3-270m-Q4_K_M")
     made = make_cache(tmp_path / "hub", REPO)
     for shard in shards:
         made.add(NEW_REVISION, f"Q4_K_M/{shard.name}", shard)
     made.add(NEW_REVISION, MMPROJ, b"GGUF a projector, never the model")
-    done = server.boot_ready(**cache_env(made))
+    done = boot_ready(server, **cache_env(made))
     assert done.returncode == 0, boot_lines(done)
     assert f"Q4_K_M/gemma-3-270m-Q4_K_M-*-of-00002.gguf ({size_of(real)})" in done.stderr
     assert "(joined copy, hashed in" in done.stderr
     # Joined exactly as the file was before the split: byte for byte the same digest.
-    assert (server.models / "blobs" / f"sha256-{real_digest}").is_file()
-    assert server.chat()["done"] is True
-    again = server.boot_ready(**cache_env(made))
+    assert (server.models_dir / "blobs" / f"sha256-{real_digest}").is_file()
+    assert chat(server)["done"] is True
+    again = boot_ready(server, **cache_env(made))
     assert "(already there, digest remembered from an earlier boot)" in again.stderr, again.stderr
 
 
 def test_a_file_missing_from_the_snapshot_stops_the_boot(
-    server: Server, cache: Cache, real: real_ollama.RealOllama
+    server: RealOllamaServer, cache: Cache, real: RealOllama
 ) -> None:
-    done = server.boot_ready(**cache_env(cache, HF_MODEL_FILE="gemma-3-270m-Q6_K.gguf"))
+    done = boot_ready(server, **cache_env(cache, HF_MODEL_FILE="gemma-3-270m-Q6_K.gguf"))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         f"boot: HF_MODEL_FILE=gemma-3-270m-Q6_K.gguf is not in the snapshot (it holds: "
         f"{Q4} ({size_of(real)}), {Q8} ({size_of(real)}))"
     )
-    missing_quant = server.boot_ready(**cache_env(cache, HF_QUANTIZATION="IQ2_XS"))
+    missing_quant = boot_ready(server, **cache_env(cache, HF_QUANTIZATION="IQ2_XS"))
     assert missing_quant.returncode == 1
     assert "no GGUF of quantization IQ2_XS in the snapshot (it holds:" in missing_quant.stderr
 
 
 def test_too_little_disk_fails_fast_before_writing(
-    real: real_ollama.RealOllama, cache: Cache, tmp_path: Path
+    real: RealOllama, cache: Cache, tmp_path: Path
 ) -> None:
     with contextlib.ExitStack() as stack:
         small = stack.enter_context(tmpfs(tmp_path / "small", "50m"))
-        server = start_server(stack, real, tmp_path, small / "models")
+        server = stack.enter_context(serve(real, small / "models"))
         started = time.monotonic()
-        done = server.boot_ready(**cache_env(cache))
+        done = boot_ready(server, **cache_env(cache))
         took = time.monotonic() - started
         left = sorted(path.name for path in (small / "models" / "blobs").iterdir())
     assert done.returncode == 1, boot_lines(done)
@@ -409,18 +354,18 @@ def test_too_little_disk_fails_fast_before_writing(
 
 
 def test_another_filesystem_gets_a_copy(
-    real: real_ollama.RealOllama, real_digest: str, cache: Cache, tmp_path: Path
+    real: RealOllama, real_digest: str, cache: Cache, tmp_path: Path
 ) -> None:
     with contextlib.ExitStack() as stack:
         disk = stack.enter_context(tmpfs(tmp_path / "disk", "400m"))
-        server = start_server(stack, real, tmp_path, disk / "models")
-        done = server.boot_ready(**cache_env(cache))
+        server = stack.enter_context(serve(real, disk / "models"))
+        done = boot_ready(server, **cache_env(cache))
         assert done.returncode == 0, boot_lines(done)
         assert "(copy, hashed in" in done.stderr
         blob = disk / "models" / "blobs" / f"sha256-{real_digest}"
         assert blob.stat().st_dev != real.gguf.stat().st_dev
-        assert server.chat()["done"] is True
-        again = server.boot_ready(**cache_env(cache))
+        assert chat(server)["done"] is True
+        again = boot_ready(server, **cache_env(cache))
         assert "(already there, digest remembered from an earlier boot)" in again.stderr
 
 
