@@ -4,7 +4,8 @@
 #   ollama_boot.sh [HANDLER ARGS...]  run: start `ollama serve` and the handler side by side,
 #                                     check and preload DEFAULT_MODEL, then serve jobs
 #   ollama_boot.sh bake               image build: pull PULL_MODELS, create DEFAULT_MODEL
-#                                     from the Modelfile, stop the server
+#                                     from the Modelfile, stop the server (PULL_MODELS=none:
+#                                     nothing, for an image that serves the model cache)
 #
 # Run mode exits non-zero when Ollama does not come up, the model is missing or Ollama dies
 # later (so RunPod replaces the worker); it exits with the handler's status if that ends.
@@ -138,6 +139,10 @@ start_ollama() {
 
 bake() {
   local models model pull_models skip_create=''
+  if [[ ${PULL_MODELS-} == none ]]; then
+    log "PULL_MODELS=none: nothing baked; the worker serves HF_MODEL from the model cache"
+    return
+  fi
   start_ollama
   "$python" -m ollama_worker.boot wait --pid "$ollama_pid" >/dev/null
   pull_models=${PULL_MODELS:-llama3.1:8b}

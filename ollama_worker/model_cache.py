@@ -37,6 +37,8 @@ CREATE_STALL_TIMEOUT_S = 600.0
 # Room for the manifest, config and small layers Ollama writes beside the weights.
 SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 _COPY_CHUNK = 8 * 1024 * 1024
+# What Ollama serves a GGUF with when it finds no chat template it knows in it.
+RAW_PROMPT_TEMPLATE = "{{ .Prompt }}"
 _MEMO_VERSION = 1
 
 # A quantization tag between `-`, `_`, `.` or `/` boundaries: Q4_K_M, IQ4_XS, Q8_0, F16, ...
@@ -782,6 +784,12 @@ def import_model(base_url: str, model: str, settings: CacheSettings) -> None:
         _create(base_url, create_request(model, filename, placed.digest, None, []))
         stops = _stops_of(base_url, model)
     _create(base_url, create_request(model, filename, placed.digest, tuning, stops))
+    shown = _call_json(base_url, "/api/show", {"model": model}, timeout_s=30.0)
+    if isinstance(shown, dict) and shown.get("template") == RAW_PROMPT_TEMPLATE:
+        _log(
+            f"model cache: {choice.name} has no chat template Ollama knows, so chats reach it "
+            "as a raw prompt without the system message; give the Modelfile a TEMPLATE"
+        )
     hashed = (
         "digest remembered from an earlier boot"
         if placed.hashed_s is None

@@ -39,8 +39,6 @@ from tests.harness import ROOT, DeployedWorker
 from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache
 from tests.real_ollama import MODEL, RealOllamaServer, real_boot_env, require_real_ollama
 
-pytestmark = pytest.mark.real
-
 REPO = "Google/Gemma-3-270M-GGUF"  # the canonical casing, as RunPod stores it
 Q4 = "gemma-3-270m-Q4_K_M.gguf"
 Q8 = "gemma-3-270m-Q8_0.gguf"
@@ -194,6 +192,7 @@ def chat_job(worker: DeployedWorker) -> dict[str, Any]:
     return dict(item)
 
 
+@pytest.mark.real
 def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest(
     fake_runpod: FakeRunPod,
     real: RealOllama,
@@ -213,6 +212,8 @@ def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest
     assert f"revision {NEW_REVISION[:12]}" in log
     assert f"skipped the projector(s) {MMPROJ}" in log
     assert "(hard link, hashed in" in log
+    # This base GGUF carries no chat template: the boot says what that means and what to do.
+    assert f"{Q4} has no chat template Ollama knows" in log
     blob = first_store / "blobs" / f"sha256-{real_digest}"
     source = (cache.snapshot / Q4).resolve()
     assert (blob.stat().st_ino, blob.stat().st_dev) == (source.stat().st_ino, source.stat().st_dev)
@@ -235,6 +236,7 @@ def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest
     assert (second_store / "blobs" / f"sha256-{real_digest}").stat().st_ino == source.stat().st_ino
 
 
+@pytest.mark.real
 def test_a_repository_missing_from_the_cache_stops_the_worker(
     fake_runpod: FakeRunPod, real: RealOllama, cache: Cache, tmp_path: Path
 ) -> None:
@@ -257,6 +259,7 @@ def test_a_repository_missing_from_the_cache_stops_the_worker(
 # The boot's import step against the real Ollama
 
 
+@pytest.mark.real
 def test_a_quantization_served_as_it_is(
     server: RealOllamaServer, cache: Cache, real: RealOllama
 ) -> None:
@@ -270,6 +273,7 @@ def test_a_quantization_served_as_it_is(
     assert chat(server)["done"] is True
 
 
+@pytest.mark.real
 def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
     server: RealOllamaServer, cache: Cache, real: RealOllama, tmp_path: Path
 ) -> None:
@@ -287,6 +291,7 @@ def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
     )
     done = boot_ready(server, **cache_env(cache, MODELFILE=str(own)))
     assert done.returncode == 0, boot_lines(done)
+    assert "has no chat template" not in done.stderr
     shown = show(server)
     assert shown["system"] == "Answer in one word."
     assert shown["template"] == template
@@ -294,6 +299,7 @@ def test_the_modelfile_template_and_stops_win_and_a_baked_model_is_replaced(
     assert chat(server)["done"] is True
 
 
+@pytest.mark.real
 def test_a_split_gguf_is_joined_into_the_original_file(
     server: RealOllamaServer, real: RealOllama, real_digest: str, tmp_path: Path
 ) -> None:
@@ -313,6 +319,7 @@ def test_a_split_gguf_is_joined_into_the_original_file(
     assert "(already there, digest remembered from an earlier boot)" in again.stderr, again.stderr
 
 
+@pytest.mark.real
 def test_a_file_missing_from_the_snapshot_stops_the_boot(
     server: RealOllamaServer, cache: Cache, real: RealOllama
 ) -> None:
@@ -327,6 +334,7 @@ def test_a_file_missing_from_the_snapshot_stops_the_boot(
     assert "no GGUF of quantization IQ2_XS in the snapshot (it holds:" in missing_quant.stderr
 
 
+@pytest.mark.real
 def test_too_little_disk_fails_fast_before_writing(
     real: RealOllama, cache: Cache, tmp_path: Path
 ) -> None:
@@ -353,6 +361,7 @@ def test_too_little_disk_fails_fast_before_writing(
     assert took < 30  # a hang guard: no copy was attempted
 
 
+@pytest.mark.real
 def test_another_filesystem_gets_a_copy(
     real: RealOllama, real_digest: str, cache: Cache, tmp_path: Path
 ) -> None:
@@ -601,3 +610,27 @@ def test_model_cache_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(done.stdout.replace("'", '"')) == []
+
+
+def test_a_bake_with_pull_models_none_bakes_nothing(tmp_path: Path) -> None:
+    """The image for the model cache: no model, no Ollama started (none is on PATH here)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHON": sys.executable,
+        "PULL_MODELS": "none",
+        "OLLAMA_MODELS": str(tmp_path / "models"),
+    }
+    done = subprocess.run(
+        [str(ROOT / "ollama_boot.sh"), "bake"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "ollama_boot: PULL_MODELS=none: nothing baked; the worker serves HF_MODEL from the "
+        "model cache\n"
+    )
+    assert not (tmp_path / "models").exists()
