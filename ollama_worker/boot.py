@@ -353,8 +353,9 @@ def _cache_settings(settings: Settings) -> CacheSettings | None:
         hf_model_file=settings.hf_model_file,
         hf_quantization=settings.hf_quantization,
         hub_cache=settings.hf_hub_cache,
-        ollama_models=settings.ollama_models,
-        modelfile=settings.modelfile or str(Path(__file__).resolve().parent.parent / "Modelfile"),
+        # Read as ollama_boot.sh reads it: its bake builds DEFAULT_MODEL from the same file.
+        modelfile=os.environ.get("MODELFILE")
+        or str(Path(__file__).resolve().parent.parent / "Modelfile"),
         modelfile_tuning=settings.modelfile_tuning,
     )
 

@@ -175,15 +175,13 @@ class Settings:
     min_gpu_fraction: float = 0.0
     # --- The model cache (ollama_worker/model_cache.py): with HF_MODEL set, the boot imports a
     # GGUF that RunPod downloaded into the Hugging Face hub cache and serves it as DEFAULT_MODEL.
-    # HF_HUB_CACHE is Hugging Face's own variable; OLLAMA_MODELS and MODELFILE are read as
-    # `ollama serve` and ollama_boot.sh read them.
+    # HF_HUB_CACHE is Hugging Face's own variable. (OLLAMA_MODELS and MODELFILE are Ollama's
+    # and the boot script's: ollama_worker.model_cache and boot read them as those do.)
     hf_model: str = ""
     hf_model_file: str = ""
     hf_quantization: str = ""
     hf_hub_cache: str = "/runpod-volume/huggingface-cache/hub"
     modelfile_tuning: bool = True
-    ollama_models: str = ""
-    modelfile: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -222,8 +220,6 @@ class Settings:
             hf_quantization=_env_str("HF_QUANTIZATION", ""),
             hf_hub_cache=_env_str("HF_HUB_CACHE", "/runpod-volume/huggingface-cache/hub"),
             modelfile_tuning=_env_switch("MODELFILE_TUNING", default=True),
-            ollama_models=_env_str("OLLAMA_MODELS", ""),
-            modelfile=_env_str("MODELFILE", ""),
         )
 
 
