@@ -320,6 +320,26 @@ def test_a_split_gguf_is_joined_into_the_original_file(
 
 
 @pytest.mark.real
+def test_ollama_itself_cannot_serve_the_shards_as_they_are(
+    server: RealOllamaServer, real: RealOllama, tmp_path: Path
+) -> None:
+    """Why the boot joins shards: Ollama 0.12.10 takes them in /api/create, as two model
+    layers (from a map, in no set order), but a model keeps one model path, and the loader
+    refuses a lone shard: the second ("illegal split file idx: 1", "unable to load model"),
+    or the first, on which the runner dies ("do load request: ... EOF")."""
+    files = {}
+    for shard in split_gguf(real.gguf, tmp_path / "shards", "gemma-3-270m-Q4_K_M"):
+        digest = model_cache.sha256_of([shard])
+        os.link(shard, server.models_dir / "blobs" / f"sha256-{digest}")
+        files[shard.name] = f"sha256:{digest}"
+    server.api("POST", "/api/create", {"model": "raw-shards", "files": files, "stream": False})
+    body = {"model": "raw-shards", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    answer = httpx.post(f"{server.url}/api/chat", json=body, timeout=120)
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["error"]
+
+
+@pytest.mark.real
 def test_a_file_missing_from_the_snapshot_stops_the_boot(
     server: RealOllamaServer, cache: Cache, real: RealOllama
 ) -> None:
