@@ -165,8 +165,10 @@ def gguf_files(snapshot: Path) -> list[str]:
     found = []
     for dirpath, _dirs, files in os.walk(snapshot, followlinks=True):
         for name in files:
-            if name.casefold().endswith(".gguf"):
-                found.append(str((Path(dirpath) / name).relative_to(snapshot)))
+            path = Path(dirpath) / name
+            # A symlink into blobs/ whose blob is absent is a download that did not finish.
+            if name.casefold().endswith(".gguf") and path.exists():
+                found.append(str(path.relative_to(snapshot)))
     return sorted(found)
 
 
@@ -318,7 +320,9 @@ def remembered_digest(files: tuple[Path, ...]) -> str | None:
             saved = json.loads(memo.read_text())
         except (OSError, ValueError):
             continue
-        digest = saved.get("digest") if isinstance(saved, dict) else None
+        if not isinstance(saved, dict):
+            continue
+        digest = saved.get("digest")
         if (
             saved.get("version") == _MEMO_VERSION
             and saved.get("files") == stamps
@@ -394,35 +398,36 @@ def _partial_path(blobs: Path, tag: str) -> Path:
     return blobs / f"sha256-partial-{tag}-{os.getpid()}"
 
 
-def _write_hashed(write: Callable[[BinaryIO], None], blobs: Path, tag: str) -> tuple[str, Path]:
-    """Run `write` into a partial file in `blobs` while hashing it; its digest and path."""
+# Something that writes a file's bytes through the function it is given, in order.
+Producer = Callable[[Callable[[bytes], object]], None]
+
+
+def _write_hashed(produce: Producer, blobs: Path, tag: str) -> tuple[str, Path]:
+    """Write what `produce` emits into a partial file in `blobs`, hashing it on the way (one
+    read of the source for both); its digest and the partial file."""
     partial = _partial_path(blobs, tag)
     hasher = hashlib.sha256()
-
-    class _Hashing:
-        def __init__(self, out: BinaryIO) -> None:
-            self.out = out
-
-        def write(self, data: bytes | memoryview) -> int:
-            hasher.update(data)
-            return self.out.write(data)
-
     try:
         with partial.open("wb") as out:
-            write(_Hashing(out))  # type: ignore[arg-type]
+
+            def emit(data: bytes) -> None:
+                hasher.update(data)
+                out.write(data)
+
+            produce(emit)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return hasher.hexdigest(), partial
 
 
-def _copy_into(source: Path) -> Callable[[BinaryIO], None]:
-    def write(out: BinaryIO) -> None:
+def _copy_of(source: Path) -> Producer:
+    def produce(write: Callable[[bytes], object]) -> None:
         with source.open("rb") as src:
             while chunk := src.read(_COPY_CHUNK):
-                out.write(chunk)
+                write(chunk)
 
-    return write
+    return produce
 
 
 def _install(partial: Path, blob: Path) -> None:
@@ -452,7 +457,7 @@ def place(choice: GGUFChoice, blobs: Path) -> Placed:
         check_space(blobs, choice.size, choice.name)
         started = time.monotonic()
         digest_now, partial = _write_hashed(
-            lambda out: join_shards(choice.files, out), blobs, "join"
+            lambda write: join_shards(choice.files, write), blobs, "join"
         )
         if digest is None:
             hashed_s = time.monotonic() - started
@@ -480,7 +485,7 @@ def place(choice: GGUFChoice, blobs: Path) -> Placed:
                 raise BootError(f"cannot link {source} into {blobs}: {exc}") from None
     check_space(blobs, choice.size, choice.name)
     started = time.monotonic()
-    digest_now, partial = _write_hashed(_copy_into(source), blobs, "copy")
+    digest_now, partial = _write_hashed(_copy_of(source), blobs, "copy")
     if digest is None:
         hashed_s = time.monotonic() - started
         remember_digest(choice.files, digest_now)
@@ -585,7 +590,7 @@ def _align(offset: int, alignment: int) -> int:
     return offset + (-offset % alignment)
 
 
-def join_shards(files: tuple[Path, ...], out: BinaryIO) -> None:
+def join_shards(files: tuple[Path, ...], write: Callable[[bytes], object]) -> None:
     """Write the GGUF that llama.cpp's `gguf-split --merge` makes of `files`: the first shard's
     key-values without the `split.*` ones, every tensor in order, their data back to back."""
     headers = []
@@ -605,7 +610,7 @@ def join_shards(files: tuple[Path, ...], out: BinaryIO) -> None:
         base += _align(length, alignment)
     head = struct.pack("<4sIQQ", _GGUF_MAGIC, first.version, len(tensors), len(kvs))
     head += b"".join(kvs) + b"".join(tensors)
-    out.write(head + b"\0" * (-len(head) % alignment))
+    write(head + b"\0" * (-len(head) % alignment))
     for path, header, length in zip(files, headers, lengths, strict=True):
         with path.open("rb") as source:
             source.seek(header.data_start)
@@ -614,10 +619,10 @@ def join_shards(files: tuple[Path, ...], out: BinaryIO) -> None:
                 chunk = source.read(min(_COPY_CHUNK, remaining))
                 if not chunk:
                     raise BootError(f"{path.name} changed while it was being joined")
-                out.write(chunk)
+                write(chunk)
                 remaining -= len(chunk)
         if path != files[-1]:  # the next shard's data starts aligned; the file ends as it is
-            out.write(b"\0" * (-length % alignment))
+            write(b"\0" * (-length % alignment))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,6 +764,13 @@ def _blob_visible(base_url: str, digest: str) -> bool:
 def import_model(base_url: str, model: str, settings: CacheSettings) -> None:
     """Find the GGUF in the cache, hand it to the Ollama at `base_url` and create `model` from
     it, logging what was picked and how long it took; BootError on any failure."""
+    try:
+        _import_model(base_url, model, settings)
+    except OSError as exc:  # a disk that filled up mid-copy, a file that vanished, ...
+        raise BootError(f"model cache: {exc}") from None
+
+
+def _import_model(base_url: str, model: str, settings: CacheSettings) -> None:
     started = time.monotonic()
     choice, picked = locate(settings)
     _log(f"model cache: {picked}")

@@ -573,6 +573,16 @@ def test_the_remembered_digest_is_keyed_by_path_size_and_mtime(tmp_path: Path) -
     assert model_cache.remembered_digest(files) is None
 
 
+def test_a_garbled_memo_is_ignored_and_a_dangling_link_is_no_file(tmp_path: Path) -> None:
+    made = make_cache(tmp_path / "hub", REPO)
+    link = made.add(NEW_REVISION, Q4, b"weights")
+    memo = model_cache.memo_paths((link,))[0]
+    memo.write_text("[1, 2]")
+    assert model_cache.remembered_digest((link,)) is None
+    link.resolve().unlink()  # the blob went missing: an unfinished download
+    assert model_cache.gguf_files(made.snapshot) == []
+
+
 def test_parse_modelfile_reads_ours() -> None:
     parsed = model_cache.parse_modelfile((ROOT / "Modelfile").read_text())
     assert parsed.system == MODELFILE_SYSTEM
@@ -616,7 +626,7 @@ def test_join_of_a_split_file_is_the_original(tmp_path: Path) -> None:
     shards = split_gguf(original, tmp_path / "shards", "m")
     joined = tmp_path / "joined.gguf"
     with joined.open("wb") as out:
-        model_cache.join_shards(tuple(shards), out)
+        model_cache.join_shards(tuple(shards), out.write)
     assert joined.read_bytes() == original.read_bytes()
 
 
