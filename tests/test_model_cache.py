@@ -37,7 +37,13 @@ from scripts.real_ollama import RealOllama
 from tests.fake_runpod import FakeRunPod
 from tests.harness import ROOT, DeployedWorker
 from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache
-from tests.real_ollama import MODEL, RealOllamaServer, real_boot_env, require_real_ollama
+from tests.real_ollama import (
+    MODEL,
+    RealOllamaServer,
+    real_boot_env,
+    real_ollama_with_model,
+    require_real_ollama,
+)
 
 REPO = "Google/Gemma-3-270M-GGUF"  # the canonical casing, as RunPod stores it
 Q4 = "gemma-3-270m-Q4_K_M.gguf"
@@ -234,6 +240,25 @@ def test_the_worker_serves_the_cached_gguf_by_hard_link_and_remembers_its_digest
         log = worker.log()
     assert "(hard link, digest remembered from an earlier boot)" in log, log
     assert (second_store / "blobs" / f"sha256-{real_digest}").stat().st_ino == source.stat().st_ino
+
+
+@pytest.mark.real
+def test_hf_model_wins_over_a_baked_model_of_the_same_name(
+    fake_runpod: FakeRunPod, real: RealOllama, cache: Cache, tmp_path: Path
+) -> None:
+    # An image's store, baked as `ollama_boot.sh bake` bakes it: voice-assistant from our
+    # Modelfile (the real tier's: FROM swapped for the GGUF, gemma3's template added).
+    store = tmp_path / "models"
+    with real_ollama_with_model(store, preload=False) as baked:
+        assert show(baked)["system"] == MODELFILE_SYSTEM
+    env = cache_env(cache, MODELFILE_TUNING="off")
+    with deployed(fake_runpod, real, store, **env) as worker:
+        chat_job(worker)
+        shown = httpx.post(f"{worker.ollama_url}/api/show", json={"model": MODEL}).json()
+        log = worker.log()
+    assert "imported gemma-3-270m-Q4_K_M.gguf as voice-assistant as it is" in log, log
+    assert not shown.get("system")  # the cached GGUF as it is, not the baked model
+    assert shown["template"] == model_cache.RAW_PROMPT_TEMPLATE
 
 
 @pytest.mark.real
