@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import urllib.error
@@ -484,13 +485,22 @@ def place(choice: GGUFChoice, blobs: Path) -> Placed:
             if exc.errno not in {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EROFS}:
                 raise BootError(f"cannot link {source} into {blobs}: {exc}") from None
     check_space(blobs, choice.size, choice.name)
+    if digest is not None:
+        # The digest is known: the kernel copies (copy_file_range or sendfile), no hashing.
+        partial = _partial_path(blobs, "copy")
+        try:
+            shutil.copyfile(source, partial)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _install(partial, _blob_path(blobs, digest))
+        return Placed(digest, "copy", hashed_s)
     started = time.monotonic()
-    digest_now, partial = _write_hashed(_copy_of(source), blobs, "copy")
-    if digest is None:
-        hashed_s = time.monotonic() - started
-        remember_digest(choice.files, digest_now)
-    _install(partial, _blob_path(blobs, digest_now))
-    return Placed(digest_now, "copy", hashed_s)
+    digest, partial = _write_hashed(_copy_of(source), blobs, "copy")
+    hashed_s = time.monotonic() - started
+    remember_digest(choice.files, digest)
+    _install(partial, _blob_path(blobs, digest))
+    return Placed(digest, "copy", hashed_s)
 
 
 def _same_filesystem(source: Path, directory: Path) -> bool:

@@ -411,7 +411,7 @@ def test_another_filesystem_gets_a_copy(
     real: RealOllama, real_digest: str, cache: Cache, tmp_path: Path
 ) -> None:
     with contextlib.ExitStack() as stack:
-        disk = stack.enter_context(tmpfs(tmp_path / "disk", "400m"))
+        disk = stack.enter_context(tmpfs(tmp_path / "disk", "700m"))
         server = stack.enter_context(serve(real, disk / "models"))
         done = boot_ready(server, **cache_env(cache))
         assert done.returncode == 0, boot_lines(done)
@@ -421,6 +421,13 @@ def test_another_filesystem_gets_a_copy(
         assert chat(server)["done"] is True
         again = boot_ready(server, **cache_env(cache))
         assert "(already there, digest remembered from an earlier boot)" in again.stderr
+        # A new worker's fresh store on that disk: a plain copy, the digest already known.
+        fresh = stack.enter_context(serve(real, disk / "fresh-models"))
+        third = boot_ready(fresh, **cache_env(cache))
+        assert "(copy, digest remembered from an earlier boot)" in third.stderr, third.stderr
+        copied = disk / "fresh-models" / "blobs" / f"sha256-{real_digest}"
+        assert model_cache.sha256_of([copied]) == real_digest
+        assert chat(fresh)["done"] is True
 
 
 # ---------------------------------------------------------------------------------------------
