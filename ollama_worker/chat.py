@@ -133,6 +133,11 @@ async def run_chat(
         # Closed on any way out, so the connection goes back to the pool at once.
         async with aclosing(client.chat_stream(request)) as chunks:
             async for chunk in chunks:
+                message = assistant_message(chunk.message)
+                # Ollama may put text in the final chunk too: with `tools`, 0.12's ChatHandler
+                # holds back what its tool parser might still need and sends it there.
+                if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
+                    yield {"message": message, "done": False}
                 if chunk.done:
                     yield {
                         "done": True,
@@ -142,9 +147,6 @@ async def run_chat(
                         "timings": timings(chunk),
                     }
                     return
-                message = assistant_message(chunk.message)
-                if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
-                    yield {"message": message, "done": False}
     except WorkerError as exc:
         if exc.code is ErrorCode.MODEL_NOT_FOUND:
             raise await client.model_not_found(request["model"]) from exc

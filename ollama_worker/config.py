@@ -161,6 +161,16 @@ class Settings:
     vapi_endpointing_timeout_s: float | None = None
     # Boot fails when a loaded model has less of itself in GPU memory; 0 only warns.
     min_gpu_fraction: float = 0.0
+    # --- hostile input (issue 16): what callers may set and how much they may send ---
+    # Names beyond the sampling options a caller may set: Ollama load-time options such as
+    # num_ctx, or keep_alive. Each one lets any caller reload or unload the shared model.
+    caller_options: tuple[str, ...] = ()
+    # The largest num_ctx a caller may ask for, when CALLER_OPTIONS lets them set it.
+    max_num_ctx: int = 32768
+    # Decoded bytes of all the images of one chat job.
+    max_image_bytes: int = 20_000_000
+    # Threads for sync VAPI tools and hooks; a call that finds them all busy fails at once.
+    vapi_tool_threads: int = 4
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -193,6 +203,11 @@ class Settings:
             vapi_auth_plan=_env_auth_plan(),
             vapi_handoff_destination=_env_str("VAPI_HANDOFF_DESTINATION", ""),
             vapi_endpointing_timeout_s=_env_endpointing_timeout(),
+            # --- hostile input (issue 16) ---
+            caller_options=tuple(_env_str("CALLER_OPTIONS", "").replace(",", " ").split()),
+            max_num_ctx=_env_int("MAX_NUM_CTX", 32768, minimum=1),
+            max_image_bytes=_env_int("MAX_IMAGE_BYTES", 20_000_000, minimum=0),
+            vapi_tool_threads=_env_int("VAPI_TOOL_THREADS", 4, minimum=1),
         )
 
 
