@@ -122,6 +122,11 @@ async def run_chat(
     try:
         if not job.stream:
             reply = await client.chat(request)
+            if not reply.done:  # 0.12.10 answers its zero ChatResponse when the runner sent none
+                raise WorkerError(
+                    ErrorCode.OLLAMA_ERROR,
+                    "Ollama's reply ended before it was done (its log says why); retry the job",
+                )
             yield {
                 "model": reply.model,
                 "message": assistant_message(reply.message),
