@@ -539,6 +539,82 @@ async def test_non_json_error_bodies_keep_their_text() -> None:
     assert str(caught.value) == "OLLAMA_ERROR: Ollama failed (HTTP 500): 502"
 
 
+async def test_a_read_timeout_is_not_retried() -> None:
+    # It may have started a generation: sending it again would run it again from scratch.
+    calls: list[str] = []
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ReadTimeout("slow generation", request=request)
+
+    with pytest.raises(WorkerError) as caught:
+        await client_with(responder).chat({"model": "m", "messages": [{"role": "user"}]})
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert calls == ["/api/chat"]
+
+
+def ndjson(*lines: str) -> httpx.Response:
+    body = "".join(line + "\n" for line in lines)
+    return httpx.Response(200, text=body, headers={"content-type": "application/x-ndjson"})
+
+
+DONE_LINE = json.dumps(
+    {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""}, "done": True}
+)
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ((), "OLLAMA_ERROR: Ollama answered with a stream that ended before its first line"),
+        (("<html>oops</html>",), "OLLAMA_ERROR: Ollama's reply could not be read: not JSON"),
+        (("[1, 2]",), "OLLAMA_ERROR: Ollama's reply could not be read: a JSON list, not an object"),
+        (('"text"',), "OLLAMA_ERROR: Ollama's reply could not be read: a JSON str"),
+        (('{"done": "maybe"}',), "OLLAMA_ERROR: Ollama's reply could not be read: not the object"),
+    ],
+)
+async def test_a_stream_ollama_cannot_have_meant_is_a_coded_error(
+    lines: tuple[str, ...], says: str
+) -> None:
+    calls: list[str] = []
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return ndjson(*lines)
+
+    with pytest.raises(WorkerError) as caught:
+        [c async for c in client_with(responder).chat_stream({"model": "m", "messages": []})]
+    assert str(caught.value).startswith(says), caught.value
+    assert calls == ["/api/chat"]  # the 200 may have started a generation: not sent again
+
+
+async def test_blank_lines_in_a_stream_are_skipped() -> None:
+    def responder(request: httpx.Request) -> httpx.Response:
+        return ndjson("", DONE_LINE, "")
+
+    chunks = [c async for c in client_with(responder).chat_stream({"model": "m", "messages": []})]
+    assert [c.done for c in chunks] == [True]
+
+
+async def test_an_html_error_page_is_one_short_line() -> None:
+    page = "<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n" + "x" * 2000
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, text=page, headers={"content-type": "text/html"})
+
+    for call in (
+        lambda c: c.chat({"model": "m", "messages": []}),
+        lambda c: c.raw_json("GET", "/v1/models"),
+    ):
+        with pytest.raises(WorkerError) as caught:
+            await call(client_with(responder))
+        message = str(caught.value)
+        assert message.startswith("OLLAMA_ERROR: Ollama failed (HTTP 500): <html> <head><title>500")
+        assert "\n" not in message
+        assert "\r" not in message
+        assert len(message) < 400
+
+
 # --- the OpenAI route's streams and fields, against scripted Ollama answers -----------------
 
 SAMPLING = {"temperature": 0.5, "top_p": 0.9}  # given, so no /api/show lookup is needed

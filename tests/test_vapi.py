@@ -19,10 +19,10 @@ from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
 import tests.vapi_tools_for_tests as test_tools
+from ollama_worker import vapi_tools
 from ollama_worker.config import ConfigError, Settings, get_settings
 from ollama_worker.vapi import MODELFILE, system_prompt
 from ollama_worker.vapi_auth import check_webhook_auth
-from ollama_worker import vapi_tools
 from ollama_worker.vapi_tools import reset_tools
 from rp_handler import handler
 from tests.fake_ollama import FakeOllama
@@ -311,7 +311,9 @@ async def test_a_missing_tools_module_fails_each_call_not_the_job(
 async def test_tools_are_imported_once(env: SetEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     imports: list[str] = []
     real_load = vapi_tools.load_tools
-    monkeypatch.setattr(vapi_tools, "load_tools", lambda name: imports.append(name) or real_load(name))
+    monkeypatch.setattr(
+        vapi_tools, "load_tools", lambda name: imports.append(name) or real_load(name)
+    )
     await answer(load("tool_calls"))
     await answer(load("tool_calls"))
     assert imports == [TOOLS_MODULE]
