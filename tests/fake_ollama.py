@@ -68,6 +68,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 from urllib.parse import urlsplit
@@ -197,8 +198,8 @@ FAULT_KINDS = (
 )
 # nginx's own error page, as a proxy in front of Ollama answers when Ollama is down.
 HTML_ERROR_PAGE = (
-    "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n"
-    "<center><h1>{status} Bad Gateway</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n"
+    "<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
 
@@ -1602,7 +1603,7 @@ class FakeOllama(ThreadedServer):
         if "html_error" in fault:
             self._count("faults_served")
             status = int(fault["html_error"])
-            page = HTML_ERROR_PAGE.format(status=status)
+            page = HTML_ERROR_PAGE.format(status=status, phrase=HTTPStatus(status).phrase)
             return web.Response(status=status, text=page, content_type="text/html")
         if "status" in fault or fault.get("drop") == "before_headers":
             self._count("faults_served")
