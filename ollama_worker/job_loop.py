@@ -104,17 +104,18 @@ def parse_jobs(text: str) -> list[dict[str, Any]]:
     answered; an entry without an id cannot be, and is logged and left out."""
     if not text.strip():
         return []
+    texts: list[str | None]
     try:
         body = json.loads(text)
         entries = body if isinstance(body, list) else [body]
-        texts: list[str | None] = [None] * len(entries)
+        texts = [None] * len(entries)
     except RecursionError:  # some input nests past the limit: read the jobs one by one
         stripped = text.lstrip()
-        texts = json_children(text) if stripped.startswith("[") else [stripped]
-        entries = []
-        for entry_text in texts:
+        parts = json_children(text) if stripped.startswith("[") else [stripped]
+        texts, entries = list(parts), []
+        for part in parts:
             try:
-                entries.append(json.loads(entry_text))
+                entries.append(json.loads(part))
             except (RecursionError, ValueError):
                 entries.append(None)
     except ValueError as exc:

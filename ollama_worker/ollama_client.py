@@ -195,7 +195,8 @@ class NativeClient(ollama.AsyncClient):
 
     async def _request(self, cls: type[T], *args: Any, stream: bool = False, **kwargs: Any) -> Any:
         if not stream:
-            return parse_reply(cls, (await self._request_raw(*args, **kwargs)).text)
+            response = await self._request_raw(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return parse_reply(cls, response.text)
 
         async def inner() -> AsyncIterator[T]:
             async with self._client.stream(*args, **kwargs) as response:

@@ -197,8 +197,13 @@ class ToolThreads:
         except BaseException:
             self._free.release()
             raise
-        # A call cancelled before its thread took it never runs `call`: free its slot here.
-        future.add_done_callback(lambda done: done.cancelled() and self._free.release())
+
+        def never_ran(done: concurrent.futures.Future[Any]) -> None:
+            # A call cancelled before its thread took it never runs `call`: free its slot here.
+            if done.cancelled():
+                self._free.release()
+
+        future.add_done_callback(never_ran)
         return await asyncio.wrap_future(future)
 
 
