@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -18,6 +17,7 @@ from ollama_worker.log_setup import loggable
 from ollama_worker.ollama_client import get_client
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import (
+    SURROGATE,
     ChatJob,
     HealthJob,
     InputLimits,
@@ -53,10 +53,6 @@ def _answer(raw_input: Any) -> AsyncIterator[Any]:
 async def _one(reply: Callable[..., Awaitable[Any]], *args: Any) -> AsyncIterator[Any]:
     """A one-item job as a stream; the call starts only when the item is asked for."""
     yield await reply(*args)
-
-
-# UTF-16 surrogates: JSON may carry them alone ("\ud800" is valid JSON), UTF-8 cannot.
-SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def encodable(item: Any) -> Any:

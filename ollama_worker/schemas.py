@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -123,6 +124,22 @@ def _valid_for(model: type[BaseModel], value: Any) -> Any:
 
 ToolCall = Annotated[JSONObject, BeforeValidator(_tool_call)]
 ToolSpec = Annotated[JSONObject, BeforeValidator(_tool)]
+
+
+# UTF-16 surrogates: JSON may carry them alone ("\ud800" is valid JSON), UTF-8 cannot, so
+# neither Ollama's request nor RunPod's result POST could be encoded with one in it.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value if value.isascii() else SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(key): without_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    return value
 
 
 def nesting_depth(value: Any, limit: int) -> int:
@@ -333,6 +350,7 @@ def parse_job(
             ErrorCode.INVALID_INPUT,
             f"`input` nests more than {MAX_INPUT_DEPTH} levels deep",
         )
+    raw = without_surrogates(raw)  # bounded by the depth check above
     if "openai_route" in raw:
         model: type[BaseModel] | TypeAdapter[Any] = OpenAIJob
     else:
