@@ -185,7 +185,8 @@ def install(
     scaler = _scaler_class()
     # The SDK's handle_job sends every result through this name: tracked, so that a job whose
     # job-done is in flight is never stopped and answered a second time.
-    rp_job.send_result = scaler.tracking(rp_job.send_result)
+    if not getattr(rp_job.send_result, "tracks_reports", False):
+        rp_job.send_result = scaler.tracking(rp_job.send_result)
     scaler.ready = ready
     scaler.stop_grace_s = stop_grace_s
     scaler.warm_up = staticmethod(warm_up) if warm_up else None
@@ -228,6 +229,7 @@ def _scaler_class() -> type[Any]:
                 await send(session, job_data, job, is_stream=is_stream)
                 cls.reported.add(job["id"])
 
+            send_result.tracks_reports = True  # type: ignore[attr-defined]
             return send_result
 
         @staticmethod
