@@ -20,11 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ollama_worker.config import get_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A module that failed to import is tried again on a message this long after the failure.
 IMPORT_RETRY_S = 10.0
@@ -101,12 +102,28 @@ def load_tools(module_name: str) -> Tools:
     return Tools(functions=functions, problem=f"{module_name} has no such function", hooks=hooks)
 
 
+def on_daemon_thread(name: str, function: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """`function()` on a daemon thread of its own, so that one that never returns (a stuck
+    tool, a hanging import) holds up neither a pool nor the process's exit."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function())
+        except BaseException as exc:  # the caller sees it, whatever it is
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 class _Importer:
-    """Imports tools modules on one thread of its own: once each, again after a failure."""
+    """Imports each tools module once, on a thread of its own; again after a failure."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loaded: dict[str, Tools] = {}
         self._failed: dict[str, tuple[float, Tools]] = {}
         self._importing: dict[str, concurrent.futures.Future[Tools]] = {}
@@ -137,12 +154,8 @@ class _Importer:
             if failed is not None and time.monotonic() - failed[0] < IMPORT_RETRY_S:
                 return failed[1]
             if (pending := self._importing.get(module_name)) is None:
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="vapi-tools-import"
-                    )
-                pending = self._importing[module_name] = self._pool.submit(
-                    self._import, module_name
+                pending = self._importing[module_name] = on_daemon_thread(
+                    "vapi-tools-import", lambda: self._import(module_name)
                 )
             return pending
 
@@ -171,16 +184,16 @@ class ToolThreadsBusy(Exception):
 
 
 class ToolThreads:
-    """A bounded pool for sync tools and hooks that never queues: a call finds a free thread
-    at once or fails; a thread is free again only when its function has returned."""
+    """At most `size` sync tools and hooks at once, each on a thread of its own, never queued:
+    a call finds a free slot at once or fails; a slot is free again only when its function
+    has returned, which Python cannot force."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = threading.BoundedSemaphore(size)
-        self._pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="vapi-tool")
 
     async def run(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        """`function(**kwargs)` on a free thread; ToolThreadsBusy when there is none."""
+        """`function(**kwargs)` on a thread of its own; ToolThreadsBusy when no slot is free."""
         if not self._free.acquire(blocking=False):
             raise ToolThreadsBusy(
                 f"all {self.size} tool threads are busy with earlier calls (VAPI_TOOL_THREADS)"
@@ -193,13 +206,13 @@ class ToolThreads:
                 self._free.release()
 
         try:
-            future = self._pool.submit(call)
-        except BaseException:
+            future = on_daemon_thread("vapi-tool", call)
+        except BaseException:  # no thread could be started
             self._free.release()
             raise
 
         def never_ran(done: concurrent.futures.Future[Any]) -> None:
-            # A call cancelled before its thread took it never runs `call`: free its slot here.
+            # Cancelled before its thread began, `call` never runs: free its slot here.
             if done.cancelled():
                 self._free.release()
 
@@ -209,7 +222,7 @@ class ToolThreads:
 
 @functools.cache
 def tool_threads(size: int) -> ToolThreads:
-    """The process's tool threads (one pool of each size asked for: one, in practice)."""
+    """The process's tool slots (one set of each size asked for: one, in practice)."""
     return ToolThreads(size)
 
 

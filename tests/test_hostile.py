@@ -233,6 +233,24 @@ def test_tools_stuck_in_their_threads_stall_nothing_else(tools: Worker) -> None:
     assert again["e"]["result"] == "hi"
 
 
+def test_a_stuck_tool_does_not_hold_up_the_workers_stop(
+    fake: FakeOllama, fake_runpod: FakeRunPod
+) -> None:
+    env = {
+        "OLLAMA_HOST": fake.host_port,
+        "VAPI_TOOLS_MODULE": TOOLS_MODULE,
+        "VAPI_TOOL_TIMEOUT_S": "0.5",
+        "WORKER_STOP_GRACE_S": "1",
+    }
+    with DeployedWorker(fake_runpod, env) as worker:
+        stuck = webhook(tool_calls(("s", "sleep_sync", {"seconds": 60})))
+        assert "did not finish" in results(worker.output(stuck))["s"]["error"]
+        worker.signal(signal.SIGTERM)
+        code, took = timed(lambda: worker.wait_exit(BOUND_S * 2))
+    assert code == 0
+    assert took < BOUND_S  # not the 60 s the tool still sleeps
+
+
 # --- 3. what a caller may set -------------------------------------------------------------------
 
 
