@@ -73,6 +73,13 @@ def encodable(item: Any) -> Any:
         return WorkerError(ErrorCode.INTERNAL, "an output item nests too deep to send").as_output()
 
 
+def internal_error(job_id: Any, what: str) -> dict[str, str]:
+    """The item of a job that failed on a bug: what, and the job id its traceback is under."""
+    return WorkerError(
+        ErrorCode.INTERNAL, f"{what} in job {job_id}; the worker log has the details"
+    ).as_output()
+
+
 def _kind(raw_input: Any) -> str:
     """The job's kind for the log: a caller's value, so quoted and cut unless plain."""
     if not isinstance(raw_input, dict):
@@ -90,24 +97,17 @@ async def run_job(job: dict[str, Any]) -> AsyncIterator[Any]:
                 items += 1
                 yield encodable(item)
     except WorkerError as exc:
-        # An INTERNAL error is a bug of ours (or of a library): its cause goes in the log.
-        internal = exc.code is ErrorCode.INTERNAL
-        log.log(
-            logging.ERROR if internal else logging.WARNING,
-            "job %s (%s) failed: %s",
-            job_id,
-            _kind(raw_input),
-            exc,
-            exc_info=exc if internal else None,
-        )
+        if exc.code is ErrorCode.INTERNAL:  # a bug of ours or a library's: the cause, logged
+            log.error("job %s (%s) failed: %s", job_id, _kind(raw_input), exc, exc_info=exc)
+            yield internal_error(job_id, exc.message)
+            return
+        log.warning("job %s (%s) failed: %s", job_id, _kind(raw_input), exc)
         yield encodable(exc.as_output())
         return
     except Exception:
         # The traceback stays in the log; the caller gets a code and the job id to find it.
         log.exception("job %s (%s) crashed", job_id, _kind(raw_input))
-        yield WorkerError(
-            ErrorCode.INTERNAL, f"unexpected error in job {job_id}; the worker log has the details"
-        ).as_output()
+        yield internal_error(job_id, "unexpected error")
         return
     log.info(
         "job %s (%s) done: %d item(s) in %.0f ms",

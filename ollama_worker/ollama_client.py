@@ -143,7 +143,8 @@ def to_worker_error(
             ErrorCode.OLLAMA_ERROR,
             f"the connection to Ollama broke {where} ({type(exc).__name__}: {exc}); retry the job",
         )
-    return WorkerError(ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}; see the worker log")
+    # run_job adds the job id and logs the cause under it.
+    return WorkerError(ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}")
 
 
 def _log_retry(state: RetryCallState) -> None:

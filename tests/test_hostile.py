@@ -461,7 +461,10 @@ def test_every_internal_error_logs_its_traceback_with_the_job_id(
             [item] = asyncio.run(run())
     finally:
         get_settings.cache_clear()
-    assert item["error"].startswith("INTERNAL: unexpected KeyError")
+    assert (
+        item["error"]
+        == "INTERNAL: unexpected KeyError in job job-42; the worker log has the details"
+    )
     [record] = [r for r in caplog.records if "job-42" in r.getMessage()]
     assert record.exc_info is not None
     assert "a bug of ours" in caplog.text  # the cause, in the log only
