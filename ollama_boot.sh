@@ -137,7 +137,7 @@ start_ollama() {
 }
 
 bake() {
-  local models model pull_models skip_create=''
+  local models model pull_models
   start_ollama
   "$python" -m ollama_worker.boot wait --pid "$ollama_pid" >/dev/null
   pull_models=${PULL_MODELS:-llama3.1:8b}
@@ -146,12 +146,9 @@ bake() {
   for model in "${models[@]}"; do
     log "pulling $model"
     ollama pull "$model" </dev/null
-    if [[ $model == "$default_model" || $model:latest == "$default_model" ||
-      $model == "$default_model:latest" ]]; then
-      skip_create=1
-    fi
   done
-  if [[ -n $skip_create ]]; then
+  # The worker's own rule for "the same model" (tag, registry and case aside).
+  if "$python" -m ollama_worker.boot among "$default_model" "${models[@]}"; then
     log "DEFAULT_MODEL $default_model is one of PULL_MODELS; using it as pulled"
   else
     log "creating $default_model from $modelfile"
@@ -160,7 +157,7 @@ bake() {
   "$python" -m ollama_worker.boot check "$default_model"
   stop_pids "$stop_grace_s" "$ollama_pid"
   ollama_pid=''
-  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama}"
+  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama/models}"
 }
 
 start_handler() {

@@ -18,7 +18,15 @@ from typing import Any
 
 import httpx
 
-from bench.common import PROMPT, BenchError, Figure, completed_output, process_tree, progress
+from bench.common import (
+    MODEL,
+    PROMPT,
+    BenchError,
+    Figure,
+    completed_output,
+    process_tree,
+    progress,
+)
 from tests.fake_ollama import FakeOllama
 from tests.harness import ROOT, free_port
 
@@ -84,7 +92,7 @@ def boot_once() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         models = Path(tmp) / "models"
         seed = FakeOllama(state_file=str(models / "fake-ollama-models.json"), models=[])
-        seed.configure(models=["voice-assistant:latest"])  # writes the model store
+        seed.configure(models=[f"{MODEL}:latest"])  # writes the model store
         ollama_port, api_port = free_port(), free_port()
         log_path = Path(tmp) / "boot.log"
         marks: dict[str, float] = {}

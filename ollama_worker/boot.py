@@ -63,19 +63,26 @@ def _request(base_url: str, path: str, body: dict[str, Any] | None) -> urllib.re
     )
 
 
+def ollama_error_message(body: str) -> str | None:
+    """The message of an Ollama error body: `{"error": "..."}`, or `{"error": {"message": ...}}`
+    on its OpenAI-compatible routes; None when the body says none."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else None
+
+
 def _error_text(exc: urllib.error.HTTPError) -> str:
-    """The `error` field of an Ollama error body, or the raw body, for messages."""
+    """The message of an Ollama error answer, or its raw body, for messages."""
     try:
         raw = exc.read().decode(errors="replace")
     except OSError:
         raw = ""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return parsed["error"]
-    return raw.strip() or str(exc.reason)
+    return ollama_error_message(raw) or raw.strip() or str(exc.reason)
 
 
 def _call_json(
@@ -336,6 +343,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="fail unless the model is installed")
     check.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
 
+    among = commands.add_parser(
+        "among", help="exit 0 when the model is one of the names (tag and case aside), else 1"
+    )
+    among.add_argument("model")
+    among.add_argument("names", nargs="*")
+
     pull_cmd = commands.add_parser("pull", help="pull models through the API")
     pull_cmd.add_argument("models", nargs="*", help="default: PULL_MODELS")
 
@@ -367,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = args.model or settings.default_model
             require_model(base_url, model)
             _log(f"{model} is installed")
+        elif args.command == "among":
+            return 0 if is_installed(args.model, args.names) else 1
         elif args.command == "pull":
             for model in args.models or settings.pull_models:
                 pull(base_url, model)

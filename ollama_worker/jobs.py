@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.chat import merge_stream_items, run_chat
@@ -25,7 +24,7 @@ from ollama_worker.schemas import (
     VapiWebhookJob,
     parse_job,
 )
-from ollama_worker.streaming import coalesce, merge_text
+from ollama_worker.streaming import closing, coalesce, merge_text
 from ollama_worker.vapi import run_vapi
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ async def run_job(job: dict[str, Any]) -> AsyncIterator[Any]:
     job_id, raw_input = job.get("id", "-"), job.get("input")
     started, items = time.perf_counter(), 0
     try:
-        async with aclosing(_answer(raw_input)) as answer:
+        async with closing(_answer(raw_input)) as answer:
             async for item in answer:
                 items += 1
                 yield encodable(item)

@@ -246,12 +246,7 @@ class ChatJob(_Input):
 
     def check_limits(self, limits: InputLimits) -> None:
         """Raise INVALID_INPUT for what this caller may not send or set."""
-        if (chars := self.text_chars()) > limits.max_input_chars:
-            raise WorkerError(
-                ErrorCode.INVALID_INPUT,
-                f"message text is {chars:,} characters; the limit is "
-                f"{limits.max_input_chars:,} (MAX_INPUT_CHARS)",
-            )
+        check_input_chars(self.text_chars(), limits.max_input_chars)
         if (size := self.image_bytes()) > limits.max_image_bytes:
             raise WorkerError(
                 ErrorCode.INVALID_INPUT,
@@ -352,7 +347,7 @@ def parse_job(
         )
     raw = without_surrogates(raw)  # bounded by the depth check above
     if "openai_route" in raw:
-        model: type[BaseModel] | TypeAdapter[Any] = OpenAIJob
+        model: type[OpenAIJob] | TypeAdapter[ChatJob | HealthJob | VapiWebhookJob] = OpenAIJob
     else:
         if "type" not in raw and any(key in raw for key in CHAT_KEYS):
             raw = {**raw, "type": "chat"}
@@ -376,3 +371,12 @@ def parse_job(
     if isinstance(job, ChatJob):
         job.check_limits(limits)
     return job
+
+
+def check_input_chars(chars: int, limit: int) -> None:
+    """Refuse a job carrying more message text than MAX_INPUT_CHARS, with INVALID_INPUT."""
+    if chars > limit:
+        raise WorkerError(
+            ErrorCode.INVALID_INPUT,
+            f"message text is {chars:,} characters; the limit is {limit:,} (MAX_INPUT_CHARS)",
+        )

@@ -70,9 +70,9 @@ def _is_tool(module: Any, name: str, value: Any) -> bool:
         return False
     exported = getattr(module, "__all__", None)
     if exported is not None:
-        return name in exported
+        return bool(name in exported)
     # Names the module merely imports (`from datetime import datetime`) are not tools.
-    return inspect.isfunction(value) and value.__module__ == module.__name__
+    return inspect.isfunction(value) and bool(value.__module__ == module.__name__)
 
 
 def load_tools(module_name: str) -> Tools:
