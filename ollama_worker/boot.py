@@ -19,7 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ollama_worker.config import Settings
+    from ollama_worker.model_cache import CacheSettings
 
 # Each poll is short so a wedged server cannot hold the loop past its deadline.
 _POLL_TIMEOUT_S = 2.0
@@ -298,6 +303,21 @@ def check_gpu_residency(base_url: str, min_fraction: float) -> None:
         )
 
 
+def _wait_and_import(
+    base_url: str, model: str, timeout_s: float, pid: int | None, cache: CacheSettings | None
+) -> None:
+    """Wait for Ollama, then create `model` from the model cache when `cache` is given."""
+    started = time.monotonic()
+    version = wait_for_ollama(base_url, timeout_s, pid=pid)
+    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    if cache is not None:
+        # Only once Ollama answers: `ollama serve` prunes the blobs no manifest names as it
+        # starts, a hard link made before included.
+        from ollama_worker.model_cache import import_model
+
+        import_model(base_url, model, cache)
+
+
 def _ready(
     base_url: str,
     model: str,
@@ -306,12 +326,13 @@ def _ready(
     pid: int | None,
     pull_on_boot: bool,
     min_gpu_fraction: float = 0.0,
+    cache: CacheSettings | None = None,
 ) -> None:
-    """The run-mode sequence in one process: wait, check (or pull) the model, preload, and
-    check how much of it landed in GPU memory."""
+    """The run-mode sequence in one process: wait, import the model from the model cache when
+    `cache` says so (HF_MODEL), check (or pull) the model, preload, and check how much of it
+    landed in GPU memory."""
     started = time.monotonic()
-    version = wait_for_ollama(base_url, timeout_s, pid=pid)
-    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    _wait_and_import(base_url, model, timeout_s, pid, cache)
     installed = installed_models(base_url)
     if not is_installed(model, installed):
         if not pull_on_boot:
@@ -326,6 +347,24 @@ def _ready(
         f"(boot {time.monotonic() - started:.2f} s)"
     )
     check_gpu_residency(base_url, min_gpu_fraction)
+
+
+def _cache_settings(settings: Settings) -> CacheSettings | None:
+    """What the model-cache import needs, or None when HF_MODEL is unset (the baked path)."""
+    if not settings.hf_model:
+        return None
+    from ollama_worker.model_cache import CacheSettings
+
+    return CacheSettings(
+        hf_model=settings.hf_model,
+        hf_model_file=settings.hf_model_file,
+        hf_quantization=settings.hf_quantization,
+        hub_cache=settings.hf_hub_cache,
+        # Read as ollama_boot.sh reads it: its bake builds DEFAULT_MODEL from the same file.
+        modelfile=os.environ.get("MODELFILE")
+        or str(Path(__file__).resolve().parent.parent / "Modelfile"),
+        modelfile_tuning=settings.modelfile_tuning,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -356,8 +395,16 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
     load.add_argument("--timeout", type=float, default=PRELOAD_TIMEOUT_S)
 
+    imports = commands.add_parser(
+        "import", help="wait, then create DEFAULT_MODEL from the model cache's HF_MODEL"
+    )
+    imports.add_argument("--pid", type=int, help="give up at once if this process dies")
+    imports.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
+
     ready = commands.add_parser(
-        "ready", help="wait, check (pull if OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL"
+        "ready",
+        help="wait, import from the model cache if HF_MODEL is set, check (pull if "
+        "OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL",
     )
     ready.add_argument("--pid", type=int, help="give up at once if this process dies")
     ready.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
@@ -387,6 +434,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pull(base_url, model)
         elif args.command == "preload":
             preload(base_url, args.model or settings.default_model, timeout_s=args.timeout)
+        elif args.command == "import":
+            cache = _cache_settings(settings)
+            if cache is None:
+                raise BootError("HF_MODEL is not set: there is nothing to import")
+            timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
+            _wait_and_import(base_url, settings.default_model, timeout_s, args.pid, cache)
         elif args.command == "ready":
             timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
             _ready(
@@ -396,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pid=args.pid,
                 pull_on_boot=settings.pull_on_boot,
                 min_gpu_fraction=settings.min_gpu_fraction,
+                cache=_cache_settings(settings),
             )
     except (BootError, ConfigError) as exc:
         _log(str(exc))
@@ -406,4 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m` runs this file as __main__; the model cache imports it as ollama_worker.boot,
+    # which must be this very module, so that its BootError is the one main() catches.
+    sys.modules.setdefault("ollama_worker.boot", sys.modules[__name__])
     sys.exit(main())

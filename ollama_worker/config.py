@@ -51,6 +51,18 @@ def truthy(text: str) -> bool:
     return text.strip().lower() in TRUTHY
 
 
+# The words that turn an on-by-default switch off.
+FALSY = frozenset({"0", "false", "no", "off"})
+
+
+def switch(raw: str) -> bool:
+    """On or off, strictly: one of TRUTHY or FALSY, so that a typo is not read as off."""
+    word = raw.strip().lower()
+    if word not in TRUTHY | FALSY:
+        raise ValueError("is not on or off (1/true/yes/on or 0/false/no/off)")
+    return word in TRUTHY
+
+
 # --- parsers: text (already stripped, the default when unset) -> value, or ValueError(why) ---
 
 
@@ -243,9 +255,23 @@ def setting(
 # The Ollama server's own, the boot script's, the build's and the platform's variables.
 OUTSIDE: tuple[Setting, ...] = (
     Setting(
+        "XDG_CACHE_HOME",
+        "~/.cache",
+        "where the model cache's remembered digests go when the cache itself is read-only"
+        " (`ollama-worker/digests` under it)",
+    ),
+    Setting(
         "OLLAMA_MODELS",
         "~/.ollama/models",
-        "the model store, the same at build and run time, never under `/runpod-volume`",
+        "the model store, the same at build and run time, never under `/runpod-volume` when"
+        " models are baked (a mounted volume would hide them); with the model cache, on the"
+        " cache's filesystem it gets the GGUF by hard link",
+        hub="Ollama model store",
+        hub_text="Ollama's model store. Keep /models when models are baked into the image (a"
+        " volume mounted over it would hide them). With the model cache, the boot hard-links the"
+        " GGUF into the store when both are on one filesystem, else copies it there after"
+        " checking the free space (on RunPod the cache is a volume of its own, so give the"
+        " container disk room for the GGUF).",
         image="/models",
     ),
     Setting(
@@ -313,7 +339,7 @@ OUTSIDE: tuple[Setting, ...] = (
         "MODELFILE",
         "",
         "the Modelfile the bake builds `DEFAULT_MODEL` from, whose `SYSTEM` prompt the built-in"
-        " VAPI assistant also sends",
+        " VAPI assistant also sends, and whose tuning a cached GGUF gets",
         shown="`Modelfile` beside the boot script",
     ),
     Setting(
@@ -526,7 +552,8 @@ class Settings:
     pull_models: tuple[str, ...] = setting(
         "PULL_MODELS",
         "llama3.1:8b",
-        "build time: the models baked into the image (space or comma separated)",
+        "build time: the models baked into the image (space or comma separated); `none` bakes"
+        " nothing (an image for the [model cache](#models-without-baking-runpods-model-cache))",
         names,
         hub="Baked models",
         hub_text="Models the image build pulls (space or comma separated); a build argument of"
@@ -547,6 +574,66 @@ class Settings:
         hub_text="0 to 1: the boot stops the worker when the loaded model has less of itself in"
         " GPU memory (the rest runs on the CPU, several times slower). 0 only logs a warning.",
         shown="unset (warn only)",
+    )
+    # --- The model cache (ollama_worker/model_cache.py): with HF_MODEL set, the boot imports a
+    # GGUF that RunPod downloaded into the Hugging Face hub cache and serves it as DEFAULT_MODEL.
+    hf_model: str = setting(
+        "HF_MODEL",
+        "",
+        "a Hugging Face GGUF repository, e.g. `bartowski/Qwen2.5-7B-Instruct-GGUF` (also"
+        " `hf.co/...`, a huggingface.co URL, a trailing `:<quant>`): the boot creates"
+        " `DEFAULT_MODEL` from its GGUF in the model cache, replacing a baked model of that name",
+        hub="Hugging Face GGUF repository",
+        advanced=False,
+        hub_text="Serve a GGUF from RunPod's model cache instead of the baked model: a Hugging"
+        " Face repository id such as 'bartowski/Qwen2.5-7B-Instruct-GGUF'. Set the endpoint's"
+        " Model to the same repository so RunPod downloads it before the worker starts. The"
+        " boot creates the default model from it with the Modelfile's system prompt and"
+        " parameters; a repository missing from the cache stops the worker, naming what the"
+        " cache holds. Empty: the baked model. The GGUF is copied to the container disk unless"
+        " it can be hard-linked: give the container disk room for it.",
+        shown="unset (the baked model)",
+    )
+    hf_quantization: str = setting(
+        "HF_QUANTIZATION",
+        "",
+        "which GGUF of the repository, matched as a whole tag in the file name, any case"
+        " (`Q4_K_M` is not `Q4_K_S`, `Q4` is not `Q4_K_M`); set, it must exist",
+        hub="Quantization",
+        advanced=False,
+        hub_text="Which GGUF of the repository: a quantization tag of its file names, e.g."
+        " Q4_K_M, Q8_0, IQ4_XS. Empty: Q4_K_M, or the smallest GGUF when the repository has"
+        " none (the log says which).",
+        shown="`Q4_K_M`, else the smallest",
+    )
+    hf_model_file: str = setting(
+        "HF_MODEL_FILE",
+        "",
+        "the exact file (its path in the repository; any shard names a split GGUF); wins over"
+        " `HF_QUANTIZATION`",
+        hub="GGUF file",
+        hub_text="The exact GGUF file of the repository (its path in it); overrides the"
+        " quantization. Any shard names a split GGUF, whose shards are joined into one file.",
+    )
+    hf_hub_cache: str = setting(
+        "HF_HUB_CACHE",
+        "/runpod-volume/huggingface-cache/hub",
+        "Hugging Face's own variable: where the hub cache is (RunPod's model cache by default)",
+        hub="Model cache path",
+        hub_text="Where the Hugging Face hub cache is; RunPod's model cache puts it here."
+        " Change it only if RunPod moves it.",
+    )
+    modelfile_tuning: bool = setting(
+        "MODELFILE_TUNING",
+        "on",
+        "`off`: serve the GGUF as it is, without the `Modelfile`'s `SYSTEM`, `PARAMETER`s and"
+        " `TEMPLATE`",
+        switch,
+        hub="Voice tuning on the cached model",
+        kind="boolean",
+        hub_text="On: the cached GGUF gets the Modelfile's SYSTEM, PARAMETERs and TEMPLATE (the"
+        " GGUF's own chat template when the Modelfile has none). Off: the GGUF is served as it"
+        " is.",
     )
     vapi_webhook_secret: str = setting(
         "VAPI_WEBHOOK_SECRET",
