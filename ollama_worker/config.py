@@ -459,13 +459,47 @@ class Settings:
         kind="number",
         hub_text="Jobs whose messages hold more characters than this are refused.",
     )
+    # --- hostile input (issue 16): how much a caller may send, and what it may set ---
+    max_image_bytes: int = setting(
+        "MAX_IMAGE_BYTES",
+        "20000000",
+        "the most image data (decoded bytes, all images together) a chat job may carry",
+        whole(0),
+        hub="Max image bytes",
+        kind="number",
+        hub_text="Chat jobs whose images decode to more bytes than this are refused.",
+    )
+    caller_options: tuple[str, ...] = setting(
+        "CALLER_OPTIONS",
+        "",
+        "names beyond the sampling options a caller may set, comma or space separated: Ollama"
+        " load-time options (`num_ctx`, `num_batch`, `num_gpu`, `main_gpu`, `use_mmap`,"
+        " `num_thread`) and `keep_alive`. Each lets any caller reload or unload the model every"
+        " job shares",
+        names,
+        hub="Caller options",
+        hub_text="Ollama options beyond sampling that callers may set (e.g. num_ctx,keep_alive)."
+        " Each lets any caller reload or unload the model every job shares; empty refuses them.",
+    )
+    max_num_ctx: int = setting(
+        "MAX_NUM_CTX",
+        "32768",
+        "the largest `options.num_ctx` a caller may ask for, when `CALLER_OPTIONS` allows"
+        " `num_ctx`",
+        whole(1),
+        hub="Max caller num_ctx",
+        kind="number",
+        hub_text="The largest context a caller may ask for when CALLER_OPTIONS allows num_ctx.",
+    )
     log_level: str = setting(
         "LOG_LEVEL",
         "INFO",
         "the log level of the worker, RunPod's SDK (unless `RUNPOD_LOG_LEVEL` is set) and httpx:"
         " `DEBUG`, `INFO`, `WARNING` or `ERROR`. At `INFO` and above the log holds one line per"
         " job (id, kind, items, time) and never message text, replies, tool arguments or"
-        " secrets; `DEBUG` shows the SDK's every item and httpx's every request",
+        " secrets; a caller's value in a line (a job's `type`, a VAPI call id) is JSON-quoted and"
+        " cut unless it is a plain token, so no newline can start a forged line; `DEBUG` shows"
+        " the SDK's every item and httpx's every request",
         log_level,
         hub="Log level",
         hub_text="Handler log level.",
@@ -678,6 +712,18 @@ class Settings:
         hub="VAPI tool timeout (s)",
         kind="number",
         hub_text="Longest a single tool call may run before it answers with an error.",
+    )
+    vapi_tool_threads: int = setting(
+        "VAPI_TOOL_THREADS",
+        "4",
+        "threads for sync tools and hooks, their own (DNS and the rest of the worker never wait"
+        " for them); a sync tool keeps its thread until it returns, even past its timeout, and a"
+        " call that finds every thread taken fails at once with an error for that call",
+        whole(1),
+        hub="VAPI tool threads",
+        kind="number",
+        hub_text="How many sync VAPI tools may run at once; a call that finds them all busy"
+        " fails at once with an error for that call.",
     )
     vapi_transfer_destination: str = setting(
         "VAPI_TRANSFER_DESTINATION",

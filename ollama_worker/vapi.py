@@ -20,6 +20,7 @@ from typing import Any
 
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.log_setup import loggable
 from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import VapiWebhookJob
@@ -82,7 +83,6 @@ OPENAI_CHAT_FIELDS = frozenset(
 # Logged for informational messages, from the message, else the payload top level (where
 # older end-of-call reports put them).
 LOGGED_FIELDS = ("status", "endedReason", "cost")
-PLAIN = re.compile(r"[\w.:+-]+")
 
 
 @functools.cache
@@ -205,7 +205,7 @@ async def destination_response(
     The hook goes first; when it returns None the setting is used. A whole answer (a dict with
     `destination`, plus VAPI's optional `message`, `result` or `error`) is passed as it is.
     """
-    call = message.call_id or "-"
+    call = loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, hook, message, settings, kind, call)
     if failed:
@@ -258,7 +258,7 @@ async def endpointing_response(
     message: ServerMessageCallEndpointingRequest, settings: Settings
 ) -> dict[str, Any]:
     """call.endpointing.request: `{"timeoutSeconds"}` from the hook, else the setting."""
-    kind, call = message.type, message.call_id or "-"
+    kind, call = message.type, loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(
         tools, "endpointing_timeout", message, settings, kind, call
@@ -286,7 +286,7 @@ async def predial_response(
     message: ServerMessageCampaignPredial, settings: Settings
 ) -> dict[str, Any]:
     """campaign.predial: `{"eligible"}` from the hook; without a yes, the contact is skipped."""
-    kind, call = message.type, message.call_id or "-"
+    kind, call = message.type, loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, "campaign_predial", message, settings, kind, call)
     if failed:
@@ -338,19 +338,13 @@ async def knowledge_base_response(
 
 def acknowledge(kind: str, call_id: str | None, *sources: dict[str, Any]) -> dict[str, Any]:
     """Log an informational message in one line and answer `{}`: VAPI needs no more."""
-    fields = {"type": kind, "call_id": call_id or "-"}
+    fields: dict[str, Any] = {"type": kind, "call_id": call_id or "-"}
     for key in LOGGED_FIELDS:
         value = next((s[key] for s in sources if s.get(key) is not None), None)
         if value is not None:
             fields[key] = value
-    # JSON-quote anything but plain tokens, so that no value can break the line or fake a field.
-    log.info(
-        "vapi event %s",
-        " ".join(
-            f"{key}={value if PLAIN.fullmatch(str(value)) else json.dumps(value, default=str)}"
-            for key, value in fields.items()
-        ),
-    )
+    # Quoted unless plain, so that no value can break the line or fake a field.
+    log.info("vapi event %s", " ".join(f"{key}={loggable(value)}" for key, value in fields.items()))
     return {}
 
 
@@ -381,7 +375,7 @@ async def message_response(
             return await predial_response(message, settings)
         case ServerMessageVoiceRequest():
             # VAPI wants raw PCM here; an error at least says why there is none.
-            log.error("voice-request call_id=%s: %s", call_id or "-", NO_SPEECH)
+            log.error("voice-request call_id=%s: %s", loggable(call_id or "-"), NO_SPEECH)
             return {"error": NO_SPEECH}
         case _:
             # Informational, or a type newer than this worker: VAPI needs no more than {}.
