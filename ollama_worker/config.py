@@ -9,7 +9,7 @@ import functools
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ollama_worker.vapi_auth import AuthPlan
@@ -131,6 +131,37 @@ def _env_fraction(name: str) -> float:
     return value
 
 
+WORKER_MODES = ("queue", "http")
+
+
+def _env_port(name: str, default: int) -> int:
+    port = _env_int(name, default, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (1 to 65535)")
+    return port
+
+
+def _env_http_mode() -> dict[str, Any]:
+    """The HTTP-mode settings, one block: WORKER_MODE, RunPod's PORT / PORT_HEALTH /
+    HEALTH_CHECK_PATH, and the load limits of the HTTP server."""
+    mode = _env_str("WORKER_MODE", "queue").lower()
+    if mode not in WORKER_MODES:
+        raise ConfigError(f"WORKER_MODE={mode!r} is not one of {', '.join(WORKER_MODES)}")
+    port = _env_port("PORT", 80)
+    path = _env_str("HEALTH_CHECK_PATH", "/ping")
+    if not path.startswith("/"):
+        raise ConfigError(f"HEALTH_CHECK_PATH={path!r} must start with /")
+    return {
+        "worker_mode": mode,
+        "http_host": _env_str("WORKER_HTTP_HOST", "0.0.0.0"),
+        "http_port": port,
+        "http_health_port": _env_port("PORT_HEALTH", port),
+        "health_check_path": path,
+        "http_queue_timeout_s": _env_number("HTTP_QUEUE_TIMEOUT_S", 5.0),
+        "http_max_body_bytes": _env_int("HTTP_MAX_BODY_BYTES", 30 * 1024 * 1024, minimum=1),
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob the worker reads from its environment, with its default."""
@@ -161,6 +192,15 @@ class Settings:
     vapi_endpointing_timeout_s: float | None = None
     # Boot fails when a loaded model has less of itself in GPU memory; 0 only warns.
     min_gpu_fraction: float = 0.0
+    # HTTP mode (WORKER_MODE=http, a RunPod load-balancing endpoint; see http_mode.py).
+    # PORT, PORT_HEALTH and HEALTH_CHECK_PATH are RunPod's own names and defaults.
+    worker_mode: str = "queue"
+    http_host: str = "0.0.0.0"
+    http_port: int = 80
+    http_health_port: int = 80
+    health_check_path: str = "/ping"
+    http_queue_timeout_s: float = 5.0
+    http_max_body_bytes: int = 30 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -193,6 +233,7 @@ class Settings:
             vapi_auth_plan=_env_auth_plan(),
             vapi_handoff_destination=_env_str("VAPI_HANDOFF_DESTINATION", ""),
             vapi_endpointing_timeout_s=_env_endpointing_timeout(),
+            **_env_http_mode(),
         )
 
 
