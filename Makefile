@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup test lint run dev bench smoke
+.PHONY: setup ollama test lint run dev bench smoke
 
 ## Create the virtual environment with the worker's and the tests' requirements.
 setup:
@@ -11,8 +11,15 @@ setup:
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 
-## Lint everything, a quick benchmark pass (so the bench keeps working), then the test suite.
+## The real Ollama (OLLAMA_VERSION, default the Dockerfile's) and the real small model, built
+## or checked in a cache outside the repository; OLLAMA_BIN takes a real ollama you already have.
+ollama:
+	$(PY) scripts/real_ollama.py
+
+## Lint everything, provide the real Ollama (skipped, with the reason, where it cannot be built;
+## never under CI), a quick benchmark pass (so the bench keeps working), then the test suite.
 test: lint
+	$(PY) scripts/real_ollama.py --for-tests
 	$(PY) -m bench --quick --out $(VENV)/bench-quick
 	$(PY) -m pytest
 

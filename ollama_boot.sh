@@ -226,7 +226,8 @@ run() {
       if [[ -n $ready_file ]]; then : >"$ready_file"; fi
       if [[ -n $defer_handler ]]; then start_handler "$@"; fi
     elif [[ $done_pid == "$ollama_pid" ]]; then
-      ollama_pid=''
+      # ollama_pid stays set: its group may still hold an `ollama runner`, which has no
+      # parent-death signal and would outlive us unless stop_all signals the group.
       log "ollama serve exited with status $status; stopping the worker"
       exit $((status == 0 ? 1 : status))
     else

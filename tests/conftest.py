@@ -12,6 +12,7 @@ import pytest
 from tests.fake_ollama import FakeConfig, FakeOllama
 from tests.fake_runpod import FakeRunPod
 from tests.harness import DeployedWorker, WorkerProcess
+from tests.real_ollama import RealOllamaServer, real_ollama_with_model
 
 # Every switch of the stand-in but its installed models, at the values tests start from.
 FAKE_DEFAULTS = {
@@ -59,10 +60,17 @@ def worker(request: pytest.FixtureRequest, fake: FakeOllama) -> WorkerProcess | 
     where developers try the worker (`--rp_serve_api`) and where users meet it (the SDK's
     production loop).
     """
+    return pick_worker(request, "worker_process", "deployed_worker_process")
+
+
+def pick_worker(
+    request: pytest.FixtureRequest, local_api: str, deployed: str
+) -> WorkerProcess | DeployedWorker:
+    """The session worker fixture named for `request.param`; deployed, with its job API reset."""
     if request.param == "local_api":
-        return request.getfixturevalue("worker_process")
+        return request.getfixturevalue(local_api)
     request.getfixturevalue("fake_runpod")
-    deployed_worker = request.getfixturevalue("deployed_worker_process")
+    deployed_worker = request.getfixturevalue(deployed)
     assert deployed_worker.alive(), deployed_worker.log()
     return deployed_worker
 
@@ -103,3 +111,53 @@ def deployed(
     """The running deployed worker, both stand-ins reset for this test."""
     assert deployed_worker_process.alive(), deployed_worker_process.log()
     return deployed_worker_process
+
+
+# --- the real tier: the real `ollama serve` and the real Gemma 3 270M model --------------------
+
+
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllamaServer]:
+    """The session's real Ollama with `voice-assistant` built from our Modelfile and loaded.
+
+    One request at a time (OLLAMA_NUM_PARALLEL=1, Ollama's own default), which also lets the
+    cancellation tests see whether a stopped generation still holds the only slot. Skipped
+    (failed under CI) when `make ollama` has not provided a real Ollama.
+    """
+    models = tmp_path_factory.mktemp("real-models")
+    with real_ollama_with_model(models, env={"OLLAMA_NUM_PARALLEL": "1"}) as server:
+        yield server
+
+
+def real_worker_env(server: RealOllamaServer) -> dict[str, str]:
+    """A worker's settings against the real Ollama."""
+    return {
+        "OLLAMA_HOST": server.host_port,
+        "OLLAMA_RETRY_DEADLINE_S": "30",
+        "MAX_CONCURRENCY": "4",
+        "VAPI_TOOLS_MODULE": "tests.vapi_tools_for_tests",
+        # The built-in assistant's custom-LLM URL is the endpoint's OpenAI route.
+        "RUNPOD_ENDPOINT_ID": "ep-real",
+    }
+
+
+@pytest.fixture(scope="session")
+def real_worker_process(real_ollama: RealOllamaServer) -> Iterator[WorkerProcess]:
+    """The real worker under RunPod's local API, on the real Ollama."""
+    with WorkerProcess(real_worker_env(real_ollama)) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="session")
+def real_deployed_worker_process(
+    real_ollama: RealOllamaServer, fake_runpod_server: FakeRunPod
+) -> Iterator[DeployedWorker]:
+    """The real worker under the SDK's production loop (stand-in job API), on the real Ollama."""
+    with DeployedWorker(fake_runpod_server, real_worker_env(real_ollama)) as worker:
+        yield worker
+
+
+@pytest.fixture(params=["local_api", "deployed"])
+def real_worker(request: pytest.FixtureRequest) -> WorkerProcess | DeployedWorker:
+    """The running worker on the real Ollama: under the local API, then as deployed."""
+    return pick_worker(request, "real_worker_process", "real_deployed_worker_process")
