@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -613,6 +614,8 @@ def listener(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     """Serve until stopped: PORT, and PORT_HEALTH too when it differs (health check only)."""
+    # Whatever started it: VAPI's assistant then points at this endpoint's own /v1.
+    settings = dataclasses.replace(settings, worker_mode="http")
     ports = dict.fromkeys((settings.http_port, settings.http_health_port))
     sockets = [listener(settings.http_host, port) for port in ports]
     worker = Worker(settings, ready_file)
