@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse, Model
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from ollama_worker.config import get_settings
 from ollama_worker.http_mode import Worker
@@ -147,7 +147,7 @@ def test_an_unknown_worker_mode_stops_the_boot_with_a_clear_message() -> None:
 
 def test_the_openai_client_chats_whole_and_streamed(lb: HttpWorker) -> None:
     openai_client = client(lb)
-    messages = [{"role": "user", "content": "hi there"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi there"}]
     whole = openai_client.chat.completions.create(model="", messages=messages, max_tokens=32)
     assert isinstance(whole, ChatCompletion)
     assert whole.choices[0].message.content == "You said: hi there"
@@ -228,7 +228,7 @@ def test_every_vapi_message_is_answered_as_the_job_answers_it(lb: HttpWorker, na
     payload = load(name)
     answer = vapi_post(lb, json.dumps(payload).encode(), {"X-Vapi-Secret": SECRET})
     assert answer.status_code == 200, answer.text
-    kind = payload.get("message", {}).get("type") or payload.get("type")
+    kind = str(payload.get("message", {}).get("type") or payload.get("type"))
     check_response(kind, answer.json())
     if name in INFORMATIONAL:
         assert answer.json() == {}
@@ -277,7 +277,7 @@ def test_vapi_credentials_checked_over_the_exact_bytes_and_headers(lb: HttpWorke
         assert isinstance(answer.json()["error"], str)
 
 
-PLANS = {
+PLANS: dict[str, dict[str, Any]] = {
     # The RunPod key holds Authorization, so the worker's own secret needs a header of its own.
     "bearer": {"type": "bearer", "headerName": "X-Worker-Secret", "bearerPrefixEnabled": False},
     "hmac": {"type": "hmac", "algorithm": "sha512", "signatureEncoding": "base64"},
@@ -541,16 +541,16 @@ def test_real_boot_turns_healthy_after_the_preload_and_the_openai_client_streams
     assert re.search(r"boot: Ollama 0\.12\.10 answered", log)
     assert log.index("ollama_boot: ready:") < log.index("the health check answers 200"), log
     openai_client = client(real_lb, max_retries=0)
-    messages = [{"role": "user", "content": "Say hello."}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
     whole = openai_client.chat.completions.create(
-        model="", messages=messages, max_tokens=8, **GREEDY
+        model="", messages=messages, max_tokens=8, temperature=0, seed=42
     )
     assert isinstance(whole, ChatCompletion)
     text = whole.choices[0].message.content
     assert text
     chunks = list(
         openai_client.chat.completions.create(
-            model="", messages=messages, max_tokens=8, stream=True, **GREEDY
+            model="", messages=messages, max_tokens=8, stream=True, temperature=0, seed=42
         )
     )
     # Not compared with `text`: Ollama 0.12.10 itself may start a stream that follows a whole
