@@ -59,11 +59,14 @@ PING_TIMEOUT_S = 1.0
 RETRY_AFTER_S = 1
 # Streams still running when the stop grace ends get this long to write their last event.
 STREAM_END_S = 0.5
+# A body that trickles in slower than this is refused: it would hold the request forever.
+BODY_TIMEOUT_S = 30.0
 # Longer than a gateway's idle timeout, so that it never reuses a connection we just closed.
 KEEP_ALIVE_S = 75
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NOTE = "ollama_worker.note"  # scope key: how a request ended, for its log line
 SSE, NDJSON = "text/event-stream", "application/x-ndjson"
+CLOSE = ((b"connection", b"close"),)
 
 STATUS = {
     ErrorCode.INVALID_INPUT: 400,
@@ -438,7 +441,7 @@ class Door:
             scope[NOTE] = "the health port serves only the health check"
             await _json_response(send, 404, {"error": "not found"})
         elif self.worker.stopping:
-            refused = ((b"connection", b"close"), (b"retry-after", str(RETRY_AFTER_S).encode()))
+            refused = (*CLOSE, (b"retry-after", str(RETRY_AFTER_S).encode()))
             await _json_response(send, 503, style.error_body(STOPPED), refused)
         else:
             await self._serve(scope, receive, send, style)
@@ -451,19 +454,23 @@ class Door:
             f"the request body is over {limit:,} bytes (HTTP_MAX_BODY_BYTES)",
         )
         if length.isdigit() and int(length) > limit:
-            await _json_response(
-                send, 413, style.error_body(too_large), ((b"connection", b"close"),)
-            )
+            await _json_response(send, 413, style.error_body(too_large), CLOSE)
             return
         self.worker.in_flight += 1
         self.worker.idle.clear()
         try:
             try:
-                body = await _read_body(receive, limit)
-            except BodyTooLarge:
-                await _json_response(
-                    send, 413, style.error_body(too_large), ((b"connection", b"close"),)
+                async with asyncio.timeout(BODY_TIMEOUT_S):
+                    body = await _read_body(receive, limit)
+            except TimeoutError:
+                late = WorkerError(
+                    ErrorCode.INVALID_INPUT,
+                    f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
                 )
+                await _json_response(send, 408, style.error_body(late), CLOSE)
+                return
+            except BodyTooLarge:
+                await _json_response(send, 413, style.error_body(too_large), CLOSE)
                 return
             except ClientLeft:
                 scope[NOTE] = "client left before its body arrived"
