@@ -25,8 +25,9 @@ import pytest
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from ollama_worker import http_mode
 from ollama_worker.config import get_settings
-from ollama_worker.http_mode import Worker
+from ollama_worker.http_mode import Door, Worker, build_app
 from ollama_worker.ollama_client import get_client
 from tests.fake_ollama import FakeConfig, FakeOllama
 from tests.harness import free_port
@@ -406,6 +407,29 @@ def test_request_bodies_are_size_limited(lb: HttpWorker) -> None:
     chunked = lb.http.post("/v1/completions", content=chunks())
     assert chunked.status_code == 413
     assert chunked.json()["error"]["code"] == "INVALID_INPUT"
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mode, "BODY_TIMEOUT_S", 0.2)
+    worker = Worker(get_settings())
+    door = Door(worker, build_app(worker))
+    sent: list[Any] = []
+
+    async def trickle() -> dict[str, Any]:  # the first bytes, then nothing more
+        if not sent:
+            sent.append(None)
+            return {"type": "http.request", "body": b'{"prompt": ', "more_body": True}
+        await asyncio.sleep(60)
+        raise AssertionError("unreachable")
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/chat", "headers": []}
+    asyncio.run(asyncio.wait_for(door(scope, trickle, send), 5))
+    assert sent[1]["status"] == 408
+    assert json.loads(sent[2]["body"])["error"].startswith("INVALID_INPUT: the request body")
+    assert worker.in_flight == 0
 
 
 def test_a_client_that_leaves_mid_stream_frees_ollama_at_once(lb: HttpWorker) -> None:
