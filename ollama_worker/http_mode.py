@@ -233,11 +233,10 @@ async def _json_response(
     await send({"type": "http.response.body", "body": data})
 
 
-async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
-    """Set `gone` when the client hangs up (uvicorn says so once the request body is read)."""
+async def _disconnect(receive: Receive) -> None:
+    """Return when the client hangs up (uvicorn says so once the request body is read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    gone.set()
 
 
 class Reply(Response):
@@ -261,10 +260,8 @@ class Reply(Response):
         self.started = self.ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = asyncio.Event()
-        watch = asyncio.create_task(_watch_disconnect(receive, gone))
+        left = asyncio.create_task(_disconnect(receive))
         work = asyncio.create_task(self._deliver(send))
-        left = asyncio.create_task(gone.wait())
         cut = asyncio.create_task(self.worker.cut_off.wait())
         try:
             done, _ = await asyncio.wait({work, left, cut}, return_when=asyncio.FIRST_COMPLETED)
@@ -273,14 +270,14 @@ class Reply(Response):
                 return
             work.cancel()
             await asyncio.wait({work})
-            if gone.is_set():
+            if left in done:
                 scope[NOTE] = "client left; generation cancelled"
                 return
             scope[NOTE] = "cut off by the stop"
             await self._fail(send, CUT_OFF)
         finally:
-            for task in (watch, left, cut):
-                task.cancel()
+            left.cancel()
+            cut.cancel()
 
     async def _slot(self, send: Send) -> bool:
         """Take a generation slot, waiting at most HTTP_QUEUE_TIMEOUT_S; False (answered 429)."""
