@@ -4,7 +4,8 @@
 #   ollama_boot.sh [HANDLER ARGS...]  run: start `ollama serve` and the handler side by side,
 #                                     check and preload DEFAULT_MODEL, then serve jobs
 #   ollama_boot.sh bake               image build: pull PULL_MODELS, create DEFAULT_MODEL
-#                                     from the Modelfile, stop the server
+#                                     from the Modelfile, stop the server (PULL_MODELS=none:
+#                                     nothing, for an image that serves the model cache)
 #
 # Run mode exits non-zero when Ollama does not come up, the model is missing or Ollama dies
 # later (so RunPod replaces the worker); it exits with the handler's status if that ends.
@@ -143,7 +144,11 @@ start_ollama() {
 }
 
 bake() {
-  local models model pull_models skip_create=''
+  local models model pull_models
+  if [[ ${PULL_MODELS-} == none ]]; then
+    log "PULL_MODELS=none: nothing baked; the worker serves HF_MODEL from the model cache"
+    return
+  fi
   start_ollama
   "$python" -m ollama_worker.boot wait --pid "$ollama_pid" >/dev/null
   pull_models=${PULL_MODELS:-llama3.1:8b}
@@ -152,12 +157,9 @@ bake() {
   for model in "${models[@]}"; do
     log "pulling $model"
     ollama pull "$model" </dev/null
-    if [[ $model == "$default_model" || $model:latest == "$default_model" ||
-      $model == "$default_model:latest" ]]; then
-      skip_create=1
-    fi
   done
-  if [[ -n $skip_create ]]; then
+  # The worker's own rule for "the same model" (tag, registry and case aside).
+  if "$python" -m ollama_worker.boot among "$default_model" "${models[@]}"; then
     log "DEFAULT_MODEL $default_model is one of PULL_MODELS; using it as pulled"
   else
     log "creating $default_model from $modelfile"
@@ -166,7 +168,7 @@ bake() {
   "$python" -m ollama_worker.boot check "$default_model"
   stop_pids "$stop_grace_s" "$ollama_pid"
   ollama_pid=''
-  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama}"
+  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama/models}"
 }
 
 start_handler() {
@@ -181,12 +183,12 @@ start_handler() {
 }
 
 run() {
-  local done_pid status defer_handler=''
+  local done_pid status defer_handler='' importing=''
   case $worker_mode in
   queue) ;;
   http)
     # The HTTP server's health check turns 200 only once this exists: the preload is done.
-    ready_file=$(mktemp -u "${TMPDIR:-/tmp}/ollama-worker-ready.XXXXXX")
+    ready_file=$(mktemp -u -t ollama-worker-ready.XXXXXX)
     ;;
   *)
     log "WORKER_MODE=$worker_mode is not a mode: use queue (the default, a queue endpoint) or http (a load-balancing endpoint)"
@@ -197,14 +199,17 @@ run() {
   # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
   # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
   # arrives during the load simply waits inside Ollama. A pull on boot is the exception:
-  # until it ends the model does not exist, so the handler starts after it.
-  # The HTTP server is the exception to the exception: it must answer its health check (204)
-  # through the pull too, or RunPod counts the worker as unreachable.
+  # until it ends the model does not exist, so the handler starts after it. So is an import
+  # from the model cache (HF_MODEL): until it ends the model does not exist, or is a baked
+  # one of the same name; the handler starts after it, and its imports overlap the load.
   case ${pull_on_boot,,} in
-  1 | true | yes | on) [[ $worker_mode == http ]] || defer_handler=1 ;;
+  1 | true | yes | on) defer_handler=1 ;;
+  *) if [[ -n ${HF_MODEL:-} ]]; then importing=import; else start_handler "$@"; fi ;;
   esac
-  if [[ -z $defer_handler ]]; then start_handler "$@"; fi
-  "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+  # The HTTP server is the exception to both: it must answer its health check (204) through
+  # a pull or an import too, or RunPod counts the worker as unreachable.
+  if [[ $worker_mode == http && -z $handler_pid ]]; then start_handler "$@"; fi
+  "$python" -m ollama_worker.boot "${importing:-ready}" --pid "$ollama_pid" &
   boot_pid=$!
 
   while :; do
@@ -222,9 +227,16 @@ run() {
         log "boot failed (see the boot: line above); stopping the worker"
         exit 1
       fi
+      if [[ -n $importing ]]; then
+        importing='' defer_handler=''
+        if [[ -z $handler_pid ]]; then start_handler "$@"; fi
+        HF_MODEL='' "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+        boot_pid=$!
+        continue
+      fi
       log "ready: $default_model is loaded"
       if [[ -n $ready_file ]]; then : >"$ready_file"; fi
-      if [[ -n $defer_handler ]]; then start_handler "$@"; fi
+      if [[ -n $defer_handler && -z $handler_pid ]]; then start_handler "$@"; fi
     elif [[ $done_pid == "$ollama_pid" ]]; then
       # ollama_pid stays set: its group may still hold an `ollama runner`, which has no
       # parent-death signal and would outlive us unless stop_all signals the group.

@@ -4,7 +4,7 @@ directly (`WORKER_MODE=http`; `http_server.py` starts it, `ollama_boot.sh` start
 Routes (README, "Load-balancing endpoint"): `GET HEALTH_CHECK_PATH` (default /ping) for RunPod's
 health check, `POST /vapi` (a raw VAPI server message or custom-LLM request), the OpenAI API
 under `/v1`, `POST /chat` (a chat job's input) and `GET /health`. Each answers through the same
-job code as the queue worker (`jobs.answer`), so a route differs from its job only in how the
+job code as the queue worker (`jobs.answer_job`), so a route differs from its job only in how the
 answer travels: a JSON body, a `text/event-stream` (OpenAI and VAPI streams) or NDJSON (chat
 streams), each event written as it comes.
 
@@ -30,7 +30,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +41,10 @@ from starlette.responses import Response
 from ollama_worker.boot import normalise_model, shares_in_gpu_memory
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
-from ollama_worker.jobs import Job, answer
+from ollama_worker.jobs import Job, answer_job
 from ollama_worker.ollama_client import get_client
 from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
+from ollama_worker.streaming import closing
 from ollama_worker.vapi import custom_llm_body
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,8 @@ class Reply(Response):
         if self.generation and not await self._slot(send):
             return
         try:
-            items = answer(self.job, get_client(), self.worker.settings)
-            async with aclosing(items):  # type: ignore[type-var]
+            items = answer_job(self.job, get_client(), self.worker.settings)
+            async with closing(items):
                 await self._write(send, items)
         except WorkerError as exc:
             log.warning("%s failed: %s", type(self.job).__name__, exc)
@@ -424,7 +424,7 @@ class Door:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, *, ping: bool) -> None:
         port = (scope.get("server") or ("", 0))[1]
-        health_only = port == self.settings.http_health_port != self.settings.http_port
+        health_only = port == self.settings.health_port != self.settings.http_port
         style = style_of(scope["path"])
         if ping:
             code = await self.worker.health_status()
@@ -620,7 +620,7 @@ def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     """Serve until stopped: PORT, and PORT_HEALTH too when it differs (health check only)."""
     # Whatever started it: VAPI's assistant then points at this endpoint's own /v1.
     settings = dataclasses.replace(settings, worker_mode="http")
-    ports = dict.fromkeys((settings.http_port, settings.http_health_port))
+    ports = dict.fromkeys((settings.http_port, settings.health_port))
     sockets = [listener(settings.http_host, port) for port in ports]
     worker = Worker(settings, ready_file)
     config = uvicorn.Config(
@@ -637,7 +637,7 @@ def serve(settings: Settings, *, ready_file: str | None = None) -> None:
         settings.http_host,
         settings.http_port,
         settings.health_check_path,
-        settings.http_health_port,
+        settings.health_port,
         settings.max_concurrency,
     )
     Server(config, worker).run(sockets=sockets)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.chat import merge_stream_items, run_chat
@@ -15,7 +14,7 @@ from ollama_worker.health import run_health
 from ollama_worker.ollama_client import OllamaClient, get_client
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
-from ollama_worker.streaming import Merge, coalesce, merge_text
+from ollama_worker.streaming import Merge, closing, coalesce, merge_text
 from ollama_worker.vapi import run_vapi
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ MERGES: dict[type[Any], Merge[Any]] = {
 }
 
 
-def answer(job: Job, client: OllamaClient, settings: Settings) -> AsyncIterator[Any]:
+def answer_job(job: Job, client: OllamaClient, settings: Settings) -> AsyncIterator[Any]:
     """A parsed job's items as its handler yields them, whoever delivers them (RunPod or HTTP)."""
     match job:
         case ChatJob():
@@ -49,7 +48,7 @@ def _answer(raw_input: Any) -> AsyncIterator[Any]:
     """The job's items, stream pieces that pile up during a POST merged into one item."""
     settings = get_settings()
     job = parse_job(raw_input, max_input_chars=settings.max_input_chars)
-    items = answer(job, get_client(), settings)
+    items = answer_job(job, get_client(), settings)
     merge = MERGES.get(type(job))
     return items if merge is None else coalesce(items, merge)
 
@@ -70,7 +69,7 @@ async def run_job(job: dict[str, Any]) -> AsyncIterator[Any]:
     job_id, raw_input = job.get("id", "-"), job.get("input")
     started, items = time.perf_counter(), 0
     try:
-        async with aclosing(_answer(raw_input)) as answer:
+        async with closing(_answer(raw_input)) as answer:
             async for item in answer:
                 items += 1
                 yield item
