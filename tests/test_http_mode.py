@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +32,15 @@ from ollama_worker.http_mode import Door, Worker, build_app
 from ollama_worker.ollama_client import get_client
 from tests.fake_ollama import FakeConfig, FakeOllama
 from tests.harness import free_port
+from tests.hf_cache import NEW_REVISION, make_cache
 from tests.http_worker import HttpWorker
-from tests.real_ollama import real_boot_env, real_ollama_with_model
+from tests.real_ollama import (
+    RealOllamaServer,
+    real_boot_env,
+    real_ollama_with_model,
+    require_real_ollama,
+)
+from tests.test_model_cache import Q4, REPO
 from tests.vapi_fixtures import (
     INFORMATIONAL,
     MESSAGE_TYPES,
@@ -593,6 +601,38 @@ def test_real_vapi_custom_llm_stream_and_server_message(real_lb: HttpWorker) -> 
     raw = json.dumps(load("assistant_request")).encode()
     answer = vapi_post(real_lb, raw, {"X-Vapi-Secret": SECRET})
     check_response("assistant-request", answer.json())
+
+
+@pytest.mark.real
+def test_real_http_mode_serves_its_health_check_through_a_model_cache_import(
+    tmp_path: Path,
+) -> None:
+    # Until HF_MODEL's GGUF is imported the model does not exist; the server answers 204
+    # meanwhile (the queue worker starts only after the import), and 200 once it is loaded.
+    real = require_real_ollama()
+    cache = make_cache(tmp_path / "hub", REPO)
+    cache.add(NEW_REVISION, Q4, real.gguf)
+    env = {
+        **real_boot_env(RealOllamaServer(real, tmp_path / "models")),
+        **COMMON,
+        "HF_MODEL": REPO.lower(),
+        "HF_HUB_CACHE": str(cache.root),
+        "OLLAMA_BOOT_TIMEOUT_S": "60",
+        "OLLAMA_NUM_PARALLEL": "1",
+        "MAX_CONCURRENCY": "1",
+    }
+    worker = HttpWorker(env).launch()
+    try:
+        seen = worker.wait_ready(timeout=120)
+        log = worker.log()
+        assert seen[-1] == 200, (seen, log)
+        assert log.index("started the handler") < log.index("model cache: imported"), log
+        assert log.index("model cache: imported") < log.index("the health check answers 200")
+        answer = worker.http.post("/chat", json={"prompt": "Hi.", "max_tokens": 4})
+        assert answer.status_code == 200, answer.text
+        assert log.count("started the handler") == 1
+    finally:
+        worker.stop()
 
 
 GIN_CHAT = 'POST     "/v1/chat/completions"'  # Ollama's log line once a request has ended
