@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ollama_worker.chat import merge_stream_items, run_chat
-from ollama_worker.config import get_settings
+from ollama_worker.config import Settings, get_settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.health import run_health
 from ollama_worker.log_setup import loggable
-from ollama_worker.ollama_client import get_client
+from ollama_worker.ollama_client import OllamaClient, get_client
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import (
     SURROGATE,
@@ -24,29 +24,43 @@ from ollama_worker.schemas import (
     VapiWebhookJob,
     parse_job,
 )
-from ollama_worker.streaming import closing, coalesce, merge_text
+from ollama_worker.streaming import Merge, closing, coalesce, merge_text
 from ollama_worker.vapi import run_vapi
 
 log = logging.getLogger(__name__)
+
+
+Job = ChatJob | HealthJob | OpenAIJob | VapiWebhookJob
+# How a job's stream pieces that pile up during a RunPod POST merge into one item.
+MERGES: dict[type[Any], Merge[Any]] = {
+    ChatJob: merge_stream_items,
+    OpenAIJob: merge_text,
+    VapiWebhookJob: merge_text,
+}
+
+
+def answer_job(job: Job, client: OllamaClient, settings: Settings) -> AsyncIterator[Any]:
+    """A parsed job's items as its handler yields them, whoever delivers them (RunPod or HTTP)."""
+    match job:
+        case ChatJob():
+            return run_chat(job, client, settings)
+        case HealthJob():
+            return _one(run_health, client, settings)
+        case OpenAIJob():
+            return run_openai(job.openai_route, job.openai_input, client, settings)
+        case VapiWebhookJob():
+            return run_vapi(job, client, settings)
+        case _:
+            raise WorkerError(ErrorCode.INVALID_INPUT, f"no handler for {type(job).__name__}")
 
 
 def _answer(raw_input: Any) -> AsyncIterator[Any]:
     """The job's items, stream pieces that pile up during a POST merged into one item."""
     settings = get_settings()
     job = parse_job(raw_input, InputLimits.from_settings(settings))
-    client = get_client()
-    match job:
-        case ChatJob():
-            return coalesce(run_chat(job, client, settings), merge_stream_items)
-        case HealthJob():
-            return _one(run_health, client, settings)
-        case OpenAIJob():
-            items = run_openai(job.openai_route, job.openai_input, client, settings)
-            return coalesce(items, merge_text)
-        case VapiWebhookJob():
-            return coalesce(run_vapi(job, client, settings), merge_text)
-        case _:
-            raise WorkerError(ErrorCode.INVALID_INPUT, f"no handler for {type(job).__name__}")
+    items = answer_job(job, get_client(), settings)
+    merge = MERGES.get(type(job))
+    return items if merge is None else coalesce(items, merge)
 
 
 async def _one(reply: Callable[..., Awaitable[Any]], *args: Any) -> AsyncIterator[Any]:

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
 MODELFILE_SYSTEM = re.compile(r'^SYSTEM\s+(?:"""(.*?)"""|(.+?))\s*$', re.MULTILINE | re.DOTALL)
 RUNPOD_OPENAI_URL = "https://api.runpod.ai/v2/{endpoint_id}/openai/v1"
+# The same API on a load-balancing endpoint (WORKER_MODE=http): the worker's own /v1.
+RUNPOD_LB_URL = "https://{endpoint_id}.api.runpod.ai/v1"
 NOT_CONFIGURED = "Sorry, this line is not set up to take calls yet. Please try again later."
 NO_TRANSFER = "Sorry, I can't transfer this call right now."
 NO_HANDOFF = "No handoff destination is available right now; carry on with the caller."
@@ -154,8 +156,9 @@ async def assistant_response(settings: Settings, client: OllamaClient) -> dict[s
     if settings.vapi_assistant_json:
         assistant = _json_setting("VAPI_ASSISTANT_JSON", settings.vapi_assistant_json)
         return {"error": NOT_CONFIGURED} if assistant is None else {"assistant": assistant}
+    template = RUNPOD_LB_URL if settings.worker_mode == "http" else RUNPOD_OPENAI_URL
     url = settings.vapi_custom_llm_url or (
-        RUNPOD_OPENAI_URL.format(endpoint_id=settings.runpod_endpoint_id)
+        template.format(endpoint_id=settings.runpod_endpoint_id)
         if settings.runpod_endpoint_id
         else ""
     )
@@ -382,6 +385,11 @@ async def message_response(
             return acknowledge(message.type, call_id, message.raw, payload)
 
 
+def custom_llm_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """A custom-LLM request as the model sees it: VAPI's call-data extras left out."""
+    return {key: value for key, value in payload.items() if key in OPENAI_CHAT_FIELDS}
+
+
 async def run_vapi(
     job: VapiWebhookJob, client: OllamaClient, settings: Settings
 ) -> AsyncIterator[Any]:
@@ -409,7 +417,7 @@ async def run_vapi(
             "payload is neither a VAPI server message (`message.type`) nor a custom-LLM "
             "request (`messages`)",
         )
-    body = {key: value for key, value in payload.items() if key in OPENAI_CHAT_FIELDS}
+    body = custom_llm_body(payload)
     call_id = _call_id(payload)
     async for item in run_openai("/v1/chat/completions", body, client, settings):
         # SSE text passes through as it is; the one non-stream body is wrapped like the rest.
