@@ -1147,8 +1147,9 @@ def test_process_failure_switches(tmp_path: Path) -> None:
     sick_env = child_env(OLLAMA_HOST=f"127.0.0.1:{sick_port}", FAKE_OLLAMA_NEVER_HEALTHY="1")
     dying_env = child_env(
         OLLAMA_HOST=f":{dying_port}",
-        # Counted from exec: longer than the stand-in's own imports (up to ~0.7 s).
-        FAKE_OLLAMA_START_DELAY="1.5",
+        # Counted from exec: longer than the stand-in's own imports (~0.7 s quiet, past 1.5 s
+        # on a busy two-core machine, where the port was already open at the first look).
+        FAKE_OLLAMA_START_DELAY="3",
         FAKE_OLLAMA_CRASH_AFTER_S="0.3",
     )
     crash_env = child_env(FAKE_OLLAMA_CRASH_ON_START="1")
