@@ -22,6 +22,7 @@ from bench import (
     deployed,
     deployed_cold_start,
     memory,
+    model_cache,
     overhead,
     report,
     ttft,
@@ -47,10 +48,12 @@ class Sizes:
     memory_jobs: int
     memory_warmup: int
     deployed: deployed.Sizes
+    # Rounds of (a later HF_MODEL boot, the baked model) with the real Ollama; 0 skips them.
+    model_cache_boots: int
 
 
-FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL)
-QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK)
+FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, 3)
+QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, 0)
 
 
 def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
@@ -70,6 +73,11 @@ def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
 
     progress("cold start (ollama_boot.sh with the stand-in ollama)")
     keep("cold_start", cold_start.measure(boots=sizes.boots, imports=sizes.imports))
+    if sizes.model_cache_boots:
+        progress("model cache cold start (ollama_boot.sh, the real Ollama and Gemma GGUF)")
+        keep("model_cache", model_cache.measure(boots=sizes.model_cache_boots))
+    else:
+        progress("model cache cold start: skipped in quick mode (the real Ollama's boots)")
     progress("deployed cold start (ollama_boot.sh, production loop, stand-in job API)")
     keep(
         "deployed_cold_start",

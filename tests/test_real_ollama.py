@@ -83,10 +83,18 @@ def test_the_modelfile_is_accepted_and_read_back_as_the_worker_reads_it(
 # --- chat -------------------------------------------------------------------------------
 
 
-def test_stream_and_whole_reply_agree_and_report_real_usage(real_worker: Worker) -> None:
+def fresh_output(real_ollama: RealOllamaServer, worker: Worker, job: dict[str, Any]) -> list[Any]:
+    """The job's items from a freshly loaded model (see RealOllamaServer.restart)."""
+    real_ollama.restart()
+    return worker.output(job)
+
+
+def test_stream_and_whole_reply_agree_and_report_real_usage(
+    real_ollama: RealOllamaServer, real_worker: Worker
+) -> None:
     job = {"prompt": "Name three colours.", "max_tokens": 24, **GREEDY}
-    [whole] = real_worker.output(job)
-    streamed = real_worker.output({**job, "stream": True})
+    [whole] = fresh_output(real_ollama, real_worker, job)
+    streamed = fresh_output(real_ollama, real_worker, {**job, "stream": True})
     assert whole["message"]["content"], whole
     assert text_of(streamed) == whole["message"]["content"]
     final = streamed[-1]
@@ -121,13 +129,16 @@ def openai_job(route: str, body: dict[str, Any] | None = None) -> dict[str, Any]
 CHAT_BODY = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, **GREEDY}
 
 
-def test_openai_chat_completion_whole_and_streamed(real_worker: Worker) -> None:
-    [whole] = real_worker.output(openai_job("/v1/chat/completions", CHAT_BODY))
+def test_openai_chat_completion_whole_and_streamed(
+    real_ollama: RealOllamaServer, real_worker: Worker
+) -> None:
+    [whole] = fresh_output(real_ollama, real_worker, openai_job("/v1/chat/completions", CHAT_BODY))
     completion = ChatCompletion.model_validate(whole)
     assert completion.model == MODEL
     assert completion.usage is not None
     assert 0 < completion.usage.completion_tokens <= 8
-    streamed = real_worker.output(openai_job("/v1/chat/completions", {**CHAT_BODY, "stream": True}))
+    stream_job = openai_job("/v1/chat/completions", {**CHAT_BODY, "stream": True})
+    streamed = fresh_output(real_ollama, real_worker, stream_job)
     chunks, text = sse_chunks(streamed)
     assert text == completion.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == completion.choices[0].finish_reason
