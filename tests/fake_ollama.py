@@ -281,6 +281,11 @@ class HandlerError(RequestError):
     """
 
 
+class RunnerError(HandlerError):
+    """A refusal by the loaded model's runner, which reaches a native stream through
+    streamResponse's channel: before any line, under a bare ``application/json``."""
+
+
 def go_time(ns: int | None = None) -> str:
     """Format Unix nanoseconds as Go's RFC3339Nano in UTC (JSON time.Time)."""
     ns = time.time_ns() if ns is None else ns
@@ -827,10 +832,9 @@ def _check_think(value: Any) -> Any:
 
 
 def _check_format(value: Any) -> Any:
-    """Validate ``format``: "", "json" or a JSON schema object."""
-    if value in (None, "") or value == "json" or isinstance(value, dict):
-        return value or None
-    raise RequestError(400, 'invalid format: expected "json" or a valid JSON schema')
+    """``format``: "" is unset; anything but "json" or a schema object is refused only by
+    the runner, once the model is loaded (0.12.10 llm/server.go Completion)."""
+    return None if value in (None, "") else value
 
 
 def _check_keep_alive(value: Any) -> float | None:
@@ -868,7 +872,8 @@ def parse_chat(body: Any) -> GenRequest:
         raise _bind_error(messages, "ChatRequest.messages", "[]api.Message")
     for message in messages:
         if not isinstance(message, dict):
-            raise _bind_error(message, "ChatRequest.messages", "api.Message")
+            # api.Message decodes through an alias type (its UnmarshalJSON), and Go names it.
+            raise _bind_error(message, "ChatRequest.messages", "api.Alias")
     tools = body.get("tools") or []
     return GenRequest(
         model=_check_model(body),
@@ -1050,6 +1055,8 @@ def parse_openai_chat(body: Any) -> GenRequest:
     body = _require_object(body, "openai.ChatCompletionRequest")
     _check_fields(body, "ChatCompletionRequest", OPENAI_CHAT_FIELDS)
     messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise _bind_error(messages, "ChatCompletionRequest.messages", "[]openai.Message")
     if isinstance(messages, list):
         _check_openai_bind(messages)  # gin's ShouldBindJSON runs before any other check
     if not isinstance(messages, list) or not messages:
@@ -1135,9 +1142,16 @@ class Renderer:
         self.stream = req.stream
 
     @staticmethod
-    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
+    def error(
+        status: int, message: str, *, middleware: bool = False, channel: bool = False
+    ) -> web.Response:
         """An error reply before any byte of the answer was sent (``middleware``: the body
-        failed to decode, which only the /v1 routes answer differently)."""
+        failed to decode, which only the /v1 routes answer differently; ``channel``: it came
+        down a stream's channel, where streamResponse sets a bare ``application/json``)."""
+        if channel:
+            body = _dumps({"error": message}).encode()
+            headers = {"Content-Type": "application/json"}
+            return web.Response(body=body, status=status, headers=headers)
         return web.json_response({"error": message}, status=status, dumps=_dumps)
 
     @staticmethod
@@ -1288,8 +1302,10 @@ class OpenAIRenderer(Renderer):
         self.created = int(time.time())
 
     @staticmethod
-    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
-        """OpenAI-form error."""
+    def error(
+        status: int, message: str, *, middleware: bool = False, channel: bool = False
+    ) -> web.Response:
+        """OpenAI-form error (the /v1 writer's, however the handler met it)."""
         return openai_error(status, message, middleware=middleware)
 
     @staticmethod
@@ -1806,7 +1822,8 @@ class FakeOllama(ThreadedServer):
                 self._count("in_flight", -1)
                 self._slots.release()
         except RequestError as exc:
-            return renderer_cls.error(exc.status, exc.message)
+            channel = isinstance(exc, RunnerError) and req.stream
+            return renderer_cls.error(exc.status, exc.message, channel=channel)
         except asyncio.CancelledError:
             # The client went away: aiohttp cancels this handler (handler_cancellation), as
             # Go cancels the request's context, and generation stops, stream or not.
@@ -1852,9 +1869,15 @@ class FakeOllama(ThreadedServer):
             raise HandlerError(500, problem)
 
     def _check_inputs(self, req: GenRequest, entry: ModelEntry) -> None:
-        """The runner's refusal of images a model cannot see (0.12.10 runner/ollamarunner)."""
+        """The runner's refusals once loaded: a format that is neither "json" nor a schema
+        (0.12.10 llm/server.go Completion), images a model cannot see (runner/ollamarunner)."""
+        if req.format is not None and req.format != "json" and not isinstance(req.format, dict):
+            quoted = json.dumps(_dumps(req.format), ensure_ascii=False)  # Go's %q of the JSON
+            raise RunnerError(
+                500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+            )
         if self._completion_only(entry) and any(m.get("images") for m in req.messages):
-            raise HandlerError(500, NO_VISION_ERROR)
+            raise RunnerError(500, NO_VISION_ERROR)
 
     def _check_think_before_load(self, req: GenRequest, entry: ModelEntry, handler: str) -> None:
         """ChatHandler/GenerateHandler before scheduling (0.12.10 server/routes.go): a thinking
@@ -2026,12 +2049,12 @@ class FakeOllama(ThreadedServer):
         return web.json_response({"models": models}, dumps=_dumps)
 
     @staticmethod
-    async def _json_body(request: web.Request) -> dict[str, Any]:
-        """Decode a JSON object body or raise a 400 RequestError."""
+    async def _json_body(request: web.Request, go_type: str = "request") -> dict[str, Any]:
+        """Decode a JSON object body (into Go's ``go_type``) or raise a 400 RequestError."""
         raw = await request.read()
         if not raw.strip():
             raise RequestError(400, "missing request body")
-        return _require_object(decode_json(raw), "request")
+        return _require_object(decode_json(raw), go_type)
 
     def _named(self, body: dict[str, Any]) -> ModelEntry:
         """The installed model a body names (``model`` or legacy ``name``)."""
@@ -2045,7 +2068,7 @@ class FakeOllama(ThreadedServer):
 
     async def _show(self, request: web.Request) -> web.Response:
         """POST /api/show: Modelfile, parameters, template, details, capabilities."""
-        entry = self._named(await self._json_body(request))
+        entry = self._named(await self._json_body(request, "api.ShowRequest"))
         body: dict[str, Any] = {
             "modelfile": entry.modelfile(),
             "parameters": entry.parameters_text(),
@@ -2072,7 +2095,7 @@ class FakeOllama(ThreadedServer):
 
     async def _delete(self, request: web.Request) -> web.Response:
         """DELETE /api/delete: uninstall (empty 200 body, like Ollama)."""
-        entry = self._named(await self._json_body(request))
+        entry = self._named(await self._json_body(request, "api.DeleteRequest"))
         with self._lock:
             self._registry.pop(entry.name, None)
             self._sync_models()
@@ -2108,7 +2131,7 @@ class FakeOllama(ThreadedServer):
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         """POST /api/pull: progress lines, or the manifest error for unpullable names."""
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.PullRequest")
         raw_name = body.get("model") or body.get("name")
         stream = _check_stream(body, True, "PullRequest")
         if not valid_model_name(raw_name):
@@ -2140,7 +2163,7 @@ class FakeOllama(ThreadedServer):
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         """POST /api/create: derive a model from an installed one."""
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.CreateRequest")
         raw_name = body.get("model") or body.get("name")
         stream = _check_stream(body, True, "CreateRequest")
         if not valid_model_name(raw_name):
@@ -2208,7 +2231,7 @@ class FakeOllama(ThreadedServer):
     async def _embed(self, request: web.Request) -> web.Response:
         """POST /api/embed."""
         started = time.monotonic_ns()
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.EmbedRequest")
         entry, texts, load_ns = await self._embed_vectors(body, body.get("input"))
         return web.json_response(
             {
@@ -2224,7 +2247,14 @@ class FakeOllama(ThreadedServer):
     async def _openai_embeddings(self, request: web.Request) -> web.Response:
         """POST /v1/embeddings."""
         try:
-            body = await self._json_body(request)
+            body = await self._json_body(request, "openai.EmbedRequest")
+            encoding = body.get("encoding_format")
+            if encoding and str(encoding).lower() not in ("float", "base64"):
+                raise RequestError(
+                    400,
+                    f"Invalid value for 'encoding_format' = {encoding}. "
+                    "Supported values: ['float', 'base64'].",
+                )
             inputs = body.get("input")
             if inputs == "":
                 inputs = [""]

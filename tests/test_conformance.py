@@ -457,6 +457,21 @@ CASES = [
     Case("chat-bad-character", "POST", "/api/chat", raw='{"model": "voice-assistant" "x"}'),
     Case("chat-not-json", "POST", "/api/chat", raw="model=voice-assistant"),
     Case("chat-empty-body", "POST", "/api/chat", raw=""),
+    Case("chat-body-array", "POST", "/api/chat", raw="[]"),
+    Case("chat-stream-not-bool", "POST", "/api/chat", chat(stream="yes")),
+    Case("chat-think-bad", "POST", "/api/chat", chat(think="maybe")),
+    # The runner's refusals once loaded (llm/server.go Completion): a 500; streamed, it comes
+    # down streamResponse's channel before any line, under a bare "application/json".
+    Case("chat-format-bad", "POST", "/api/chat", chat(format="xml")),
+    Case("chat-format-bad-whole", "POST", "/api/chat", chat(format=5, stream=False)),
+    Case(
+        "chat-image-stream",
+        "POST",
+        "/api/chat",
+        chat(stream=True, messages=[{**SAY_HI[0], "images": [PNG]}]),
+    ),
+    Case("chat-keep-alive-bool", "POST", "/api/chat", chat(keep_alive=True)),
+    Case("chat-message-not-object", "POST", "/api/chat", chat(messages=[1])),
     # model.ParseName of "": 400 "model is required".
     Case("chat-no-model", "POST", "/api/chat", {"messages": SAY_HI}),
     Case("chat-options-not-object", "POST", "/api/chat", chat(options="hot")),
@@ -569,6 +584,16 @@ CASES = [
         v1(messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}]),
     ),
     Case("v1-chat-no-messages", "POST", "/v1/chat/completions", {"model": MODEL}),
+    Case("v1-chat-messages-text", "POST", "/v1/chat/completions", v1(messages="hi")),
+    Case("v1-embeddings-bad-input", "POST", "/v1/embeddings", {"model": MODEL, "input": 5}),
+    Case("v1-embeddings-no-input", "POST", "/v1/embeddings", {"model": MODEL}),
+    Case(
+        "v1-embeddings-format",
+        "POST",
+        "/v1/embeddings",
+        {"model": MODEL, "input": "hi", "encoding_format": "int8"},
+    ),
+    Case("show-body-array", "POST", "/api/show", raw="[]"),
     Case("v1-chat-bad-json", "POST", "/v1/chat/completions", raw="{"),
     Case("v1-chat-no-model", "POST", "/v1/chat/completions", {"messages": SAY_HI}),
     Case("v1-chat-bad-type", "POST", "/v1/chat/completions", v1(temperature="hot")),
