@@ -15,7 +15,10 @@ echoes; the reason a generation stopped may then be either "stop" or "length"), 
 timestamps (real work takes real time), the random ids Ollama gives too, and the facts of the
 model file (sizes, digests, details, the Modelfile's FROM path, model_info and tensors: the
 stand-in's models are llama-shaped, ours is a gemma3 GGUF). /api/show's parameter lines are
-compared as a set, since Go prints them in map order. /api/pull is never sent (the real one
+compared as a set, since Go prints them in map order. On this CPU the real server keeps one
+model in memory (loading another evicts it), the stand-in several, as a GPU with room does:
+the cases are ordered so that /api/ps is read only where both hold the same. /api/pull is
+never sent (the real one
 would dial the registry). Sources of the real behaviour: the comments beside each case, files
 of Ollama v0.12.10.
 """
@@ -488,6 +491,12 @@ CASES = [
         "/api/chat",
         chat(model=SMALL, stream=False, messages=[{"role": "user", "content": "hello " * 600}]),
     ),
+    Case(
+        "chat-over-num-ctx-stream",
+        "POST",
+        "/api/chat",
+        chat(model=SMALL, stream=True, messages=[{"role": "user", "content": "hello " * 600}]),
+    ),
     # The OpenAI routes (middleware/openai.go, openai/openai.go): the writers encode with
     # json.NewEncoder (a trailing newline) under a bare "application/json"; streams are
     # "data: <chunk>\n\n" events, the last with finish_reason, the usage chunk with
@@ -546,6 +555,22 @@ CASES = [
     Case("v1-chat-tools", "POST", "/v1/chat/completions", v1(tools=[TOOL])),
     Case("v1-chat-tools-stream", "POST", "/v1/chat/completions", v1(tools=[TOOL], stream=True)),
     Case("v1-chat-reasoning", "POST", "/v1/chat/completions", v1(reasoning_effort="high")),
+    Case(
+        "v1-chat-image",
+        "POST",
+        "/v1/chat/completions",
+        v1(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    ],
+                }
+            ]
+        ),
+    ),
     # The middleware's own 400s (gin's AbortWithStatusJSON: charset, no newline, typed
     # "invalid_request_error"): FromChatRequest's message checks, ShouldBindJSON's errors.
     Case(
@@ -611,6 +636,13 @@ CASES = [
     Case("create-nothing", "POST", "/api/create", {"model": COPY}),
     Case("delete", "DELETE", "/api/delete", {"model": COPY}),
     Case("delete-unknown", "DELETE", "/api/delete", {"model": COPY}),
+    # ChatHandler's unload (no messages, keep_alive 0: expireRunner), of a model that may or
+    # may not be loaded (on this CPU the real one keeps one model in memory, loading another
+    # evicts it; the stand-in keeps several, as a GPU with room does), then the load again.
+    Case("unload-small", "POST", "/api/chat", {"model": SMALL, "messages": [], "keep_alive": 0}),
+    Case("unload", "POST", "/api/chat", {"model": MODEL, "messages": [], "keep_alive": 0}),
+    Case("ps-unloaded", "GET", "/api/ps"),
+    Case("reload", "POST", "/api/chat", {"model": MODEL, "messages": [], "keep_alive": -1}),
 ]
 
 
