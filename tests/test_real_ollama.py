@@ -274,9 +274,10 @@ def test_a_stopped_stream_frees_the_only_slot(
     fake_runpod: FakeRunPod,
 ) -> None:
     """OLLAMA_NUM_PARALLEL=1: were the stopped generation still running, the short job sent
-    right after it would wait for all of its ~2000 tokens (half a minute on this CPU)."""
+    right after it would wait for the rest of its 4000 tokens (about a minute on this CPU).
+    Quiet, the short job answers in under a second; the bound leaves room for a busy CPU."""
     worker = real_deployed_worker_process
-    long_job = {"prompt": "Count from one to one thousand.", "max_tokens": 2000, **GREEDY}
+    long_job = {"prompt": "Count from one to one thousand.", "max_tokens": 4000, **GREEDY}
     job_id = worker.submit({**long_job, "stream": True})
     fake_runpod.wait_stream(job_id, 2, timeout=60)
     fake_runpod.stop_job(job_id)
@@ -288,7 +289,7 @@ def test_a_stopped_stream_frees_the_only_slot(
     record = worker.run({"prompt": "Say yes.", "max_tokens": 3, **GREEDY}, timeout=60)
     waited = time.monotonic() - started
     assert record.status == "COMPLETED", record
-    assert waited < 5, f"the short job waited {waited:.1f} s behind a stopped generation"
+    assert waited < 15, f"the short job waited {waited:.1f} s behind a stopped generation"
     assert fake_runpod.record(job_id).done_posts == 0
 
 
