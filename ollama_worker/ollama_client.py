@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# HTTP 500s of Ollama 0.12.10 that are the request's fault, so no retry can help: an option
+# of the wrong type (api/types.go Options.FromMap), an image or an embedding asked of a model
+# without that capability (the runner's refusals, passed on as 500s).
+REFUSED_AS_500 = re.compile(
+    r'option "[^"]+" must be of|missing data required for image input|does not support embeddings'
+)
 # Ollama's options that are lists, shown one `key value` line per item even when there is one.
 LIST_PARAMETERS = frozenset({"stop"})
 INTEGER = re.compile(r"[+-]?\d+")
@@ -117,7 +123,7 @@ def to_worker_error(
         status, text = exc.status_code, one_line(str(exc.error), ERROR_TEXT_LIMIT)
         if status == 404:
             return WorkerError(ErrorCode.MODEL_NOT_FOUND, text)
-        if status == 400:
+        if status == 400 or (status == 500 and REFUSED_AS_500.search(text)):
             return WorkerError(ErrorCode.INVALID_INPUT, f"Ollama rejected the request: {text}")
         if status in RETRYABLE_STATUSES:
             return WorkerError(

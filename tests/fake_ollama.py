@@ -41,6 +41,8 @@ As in Ollama 0.12.10, a loaded model's requests wait for a slot without limit:
 the only unforced 503 is ``server busy`` for requests beyond ``max_queue`` that
 wait for a model to load (``fail_next``/``fail_rate`` inject others). Models
 named like ``thinking_models`` can think (and do unless ``think`` is false);
+models named like ``completion_only_models`` (as the real Gemma 3 270M) have no capability
+but completion: ``tools`` is a 400, an image or an embedding a 500, in Ollama's words;
 ``think`` on any other is a 400. ``gpu_fraction`` below 1 makes /api/ps report
 part of each model in system memory (``size_vram < size``).
 """
@@ -126,6 +128,22 @@ _DURATION_UNITS_NS: dict[str, float] = {
     "m": 60e9,
     "h": 3600e9,
 }
+NO_VISION_ERROR = (
+    "Failed to create new sequence: failed to process inputs: "
+    "this model is missing data required for image input"
+)
+NO_EMBEDDINGS_ERROR = "this model does not support embeddings"
+# api.Options (0.12.10 api/types.go): each option's Go kind, as FromMap checks it.
+_INTEGER_OPTIONS = "num_keep seed num_predict top_k repeat_last_n num_ctx num_batch num_gpu"
+_FLOAT_OPTIONS = (
+    "top_p min_p typical_p temperature repeat_penalty presence_penalty frequency_penalty"
+)
+OPTION_KINDS: dict[str, str] = {
+    **dict.fromkeys(f"{_INTEGER_OPTIONS} main_gpu num_thread".split(), "integer"),
+    **dict.fromkeys(_FLOAT_OPTIONS.split(), "float32"),
+    "use_mmap": "boolean",
+    "stop": "array",
+}
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -161,6 +179,7 @@ class FakeConfig:
     version: str = VERSION
     gpu_fraction: float = 1.0
     thinking_models: list[str] = field(default_factory=lambda: list(THINKING_FAMILIES))
+    completion_only_models: list[str] = field(default_factory=list)
 
 
 def _as_bool(value: Any) -> bool:
@@ -271,7 +290,7 @@ def coerce_config(changes: Mapping[str, Any]) -> dict[str, Any]:
     if not 0.0 <= result.get("gpu_fraction", 1.0) <= 1.0:
         raise ValueError("gpu_fraction must be within 0..1")
     if "keep_alive" in result:
-        parse_keep_alive(result["keep_alive"])
+        server_keep_alive(result["keep_alive"])
     if "pullable" in result:
         re.compile(result["pullable"])
     return result
@@ -297,6 +316,11 @@ class HandlerError(RequestError):
     handler answers passes through ``BaseWriter.writeError`` as ``NewError(500, ...)`` and
     so is typed ``api_error`` whatever its status (0.12.10 middleware/openai.go).
     """
+
+
+class RunnerError(HandlerError):
+    """A refusal by the loaded model's runner, which reaches a native stream through
+    streamResponse's channel: before any line, under a bare ``application/json``."""
 
 
 def go_time(ns: int | None = None) -> str:
@@ -344,6 +368,15 @@ def parse_keep_alive(value: Any) -> float:
     return math.inf if value < 0 else float(int(value))
 
 
+def server_keep_alive(text: str) -> float:
+    """OLLAMA_KEEP_ALIVE like 0.12.10 envconfig.KeepAlive: a Go duration or whole seconds
+    ("-1" is forever there, unlike in a request); the stand-in refuses what Ollama would
+    silently replace by 5m, so a typo fails loudly."""
+    if re.fullmatch(r"[+-]?\d+", text.strip()):
+        return parse_keep_alive(int(text))
+    return parse_keep_alive(text)
+
+
 def parse_ollama_host(value: str | None) -> tuple[str, int]:
     """Split OLLAMA_HOST ("0.0.0.0:11434", "http://h:p", ":11434") like Ollama."""
     text = (value or "").strip()
@@ -384,6 +417,36 @@ def _line(value: Any) -> bytes:
 def _sse(value: Any) -> bytes:
     """One server-sent event carrying JSON."""
     return f"data: {_dumps(value)}\n\n".encode()
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (Go's float64), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def option_type_error(options: Mapping[str, Any]) -> str | None:
+    """The error api.Options.FromMap gives an option of the wrong type (unknown options are
+    only logged there, null ones skipped), or None."""
+    for key, value in options.items():
+        kind = OPTION_KINDS.get(key)
+        if kind is None or value is None:
+            continue
+        if kind in ("integer", "float32") and not _is_number(value):
+            return f'option "{key}" must be of type {kind}'
+        if kind == "boolean" and not isinstance(value, bool):
+            return f'option "{key}" must be of type boolean'
+        if kind == "array" and not isinstance(value, list):
+            return f'option "{key}" must be of type array'
+        if kind == "array" and not all(isinstance(item, str) for item in value):
+            return f'option "{key}" must be of an array of strings'
+    return None
+
+
+def full_name(name: str) -> str:
+    """A model's name as model.ParseName completes it, as Ollama's capability errors give it."""
+    short = normalize_model(name)
+    parts = short.split("/")
+    return "/".join(["registry.ollama.ai", "library"][: max(0, 3 - len(parts))] + parts)
 
 
 def normalize_model(name: str) -> str:
@@ -681,6 +744,64 @@ def plan_reply(req: GenRequest, reply: str | None, system: str) -> Plan:
 # request parsing (one per route)
 
 
+# Python's JSON syntax errors and the context encoding/json names for the same mistake.
+_GO_SYNTAX_CONTEXT = {
+    "Expecting value": "looking for beginning of value",
+    "Expecting property name": "looking for beginning of object key string",
+    "Expecting ':' delimiter": "after object key",
+    "Invalid control character at": "in string literal",
+    "Invalid \\escape": "in string escape code",
+}
+
+
+def _go_char(char: str) -> str:
+    """A character as encoding/json's quoteChar writes it."""
+    if char == "'":
+        return "'\\''"
+    if char == '"':
+        return "'\"'"
+    return "'" + json.dumps(char)[1:-1] + "'"
+
+
+def _innermost(text: str, pos: int) -> str:
+    """The bracket that is open at ``pos`` ("{", "[" or "")."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for char in text[:pos]:
+        if in_string:
+            in_string = escaped or char != '"'
+            escaped = not escaped and char == "\\"
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body as gin's ShouldBindJSON reads it (json.Decoder: the first value, what
+    follows it unread), or a 400 with encoding/json's text: "unexpected EOF" for a body that
+    stops early, "invalid character 'x' looking for beginning of value" and the like."""
+    text = raw.decode("utf-8", errors="replace")
+    start = len(text) - len(text.lstrip())
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+            raise RequestError(400, "unexpected EOF") from None
+        context = next(
+            (go for py, go in _GO_SYNTAX_CONTEXT.items() if exc.msg.startswith(py)), None
+        )
+        if context is None:  # Expecting ',' delimiter
+            in_object = _innermost(text, exc.pos) == "{"
+            context = "after object key:value pair" if in_object else "after array element"
+        # Python points at an escape's backslash, Go at the character after it.
+        pos = exc.pos + 1 if context == "in string escape code" else exc.pos
+        raise RequestError(400, f"invalid character {_go_char(text[pos])} {context}") from None
+
+
 def _require_object(body: Any, go_type: str) -> dict[str, Any]:
     """Reject non-object bodies the way Go's json.Unmarshal does (null is {})."""
     if body is None:
@@ -691,17 +812,49 @@ def _require_object(body: Any, go_type: str) -> dict[str, Any]:
     return body
 
 
+_GO_KINDS: dict[str, Callable[[Any], bool]] = {
+    "bool": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "int": lambda v: _is_number(v) and float(v).is_integer(),
+    "float64": _is_number,
+    "float32": _is_number,
+}
+
+
+def _check_fields(body: dict[str, Any], go_struct: str, fields: Mapping[str, str]) -> None:
+    """Bind errors of typed struct fields, in the body's order as encoding/json meets them
+    (null leaves a field unset): "json: cannot unmarshal string into Go struct field
+    ChatCompletionRequest.temperature of type float64"."""
+    for key, value in body.items():
+        go_type = fields.get(key)
+        if go_type is None or value is None or _GO_KINDS[go_type](value):
+            continue
+        kind = _json_kind(value)
+        if kind == "number":  # a number that does not fit: Go quotes its literal
+            kind = f"number {value}"
+        raise RequestError(
+            400,
+            f"json: cannot unmarshal {kind} into Go struct field {go_struct}.{key} "
+            f"of type {go_type}",
+        )
+
+
+def _bind_error(value: Any, go_field: str, go_type: str) -> RequestError:
+    """encoding/json's UnmarshalTypeError for a value of the wrong JSON kind."""
+    return RequestError(
+        400,
+        f"json: cannot unmarshal {_json_kind(value)} into Go struct field {go_field} "
+        f"of type {go_type}",
+    )
+
+
 def _check_stream(body: dict[str, Any], default: bool, go_type: str) -> bool:
     """The ``stream`` flag, typed like Go's ``*bool``."""
     value = body.get("stream")
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise RequestError(
-            400,
-            f"json: cannot unmarshal {type(value).__name__} into Go struct field "
-            f"{go_type}.stream of type bool",
-        )
+        raise _bind_error(value, f"{go_type}.stream", "bool")
     return value
 
 
@@ -716,10 +869,9 @@ def _check_think(value: Any) -> Any:
 
 
 def _check_format(value: Any) -> Any:
-    """Validate ``format``: "", "json" or a JSON schema object."""
-    if value in (None, "") or value == "json" or isinstance(value, dict):
-        return value or None
-    raise RequestError(400, 'invalid format: expected "json" or a valid JSON schema')
+    """``format``: "" is unset; anything but "json" or a schema object is refused only by
+    the runner, once the model is loaded (0.12.10 llm/server.go Completion)."""
+    return None if value in (None, "") else value
 
 
 def _check_keep_alive(value: Any) -> float | None:
@@ -732,12 +884,12 @@ def _check_keep_alive(value: Any) -> float | None:
         raise RequestError(400, str(exc)) from None
 
 
-def _check_options(value: Any) -> dict[str, Any]:
-    """``options`` must be an object."""
+def _check_options(value: Any, go_field: str = "ChatRequest.options") -> dict[str, Any]:
+    """``options`` must be an object (a Go ``map[string]any``)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RequestError(400, "json: cannot unmarshal options: expected an object")
+        raise _bind_error(value, go_field, "map[string]interface {}")
     return dict(value)
 
 
@@ -753,12 +905,12 @@ def parse_chat(body: Any) -> GenRequest:
     """Decode a POST /api/chat body (api.ChatRequest)."""
     body = _require_object(body, "api.ChatRequest")
     messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise RequestError(
-            400,
-            "json: cannot unmarshal messages into Go struct field "
-            "ChatRequest.messages of type []api.Message",
-        )
+    if not isinstance(messages, list):
+        raise _bind_error(messages, "ChatRequest.messages", "[]api.Message")
+    for message in messages:
+        if not isinstance(message, dict):
+            # api.Message decodes through an alias type (its UnmarshalJSON), and Go names it.
+            raise _bind_error(message, "ChatRequest.messages", "api.Alias")
     tools = body.get("tools") or []
     return GenRequest(
         model=_check_model(body),
@@ -784,7 +936,7 @@ def parse_generate(body: Any) -> GenRequest:
     return GenRequest(
         model=_check_model(body),
         messages=messages,
-        options=_check_options(body.get("options")),
+        options=_check_options(body.get("options"), "GenerateRequest.options"),
         stream=_check_stream(body, True, "GenerateRequest"),
         keep_alive=_check_keep_alive(body.get("keep_alive")),
         format=_check_format(body.get("format")),
@@ -914,10 +1066,34 @@ def _openai_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return converted
 
 
+# The typed fields of openai.ChatCompletionRequest and openai.CompletionRequest (0.12.10
+# openai/openai.go); the others are `any`, structs or slices, checked where they are read.
+OPENAI_CHAT_FIELDS = {
+    "model": "string",
+    "stream": "bool",
+    "max_tokens": "int",
+    "seed": "int",
+    "temperature": "float64",
+    "frequency_penalty": "float64",
+    "presence_penalty": "float64",
+    "top_p": "float64",
+    "reasoning_effort": "string",
+}
+OPENAI_COMPLETION_FIELDS = {
+    **dict.fromkeys(("model", "prompt", "suffix"), "string"),
+    **dict.fromkeys(("frequency_penalty", "presence_penalty", "temperature", "top_p"), "float32"),
+    **dict.fromkeys(("max_tokens", "seed"), "int"),
+    "stream": "bool",
+}
+
+
 def parse_openai_chat(body: Any) -> GenRequest:
     """Decode a POST /v1/chat/completions body (openai.ChatCompletionRequest)."""
     body = _require_object(body, "openai.ChatCompletionRequest")
+    _check_fields(body, "ChatCompletionRequest", OPENAI_CHAT_FIELDS)
     messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise _bind_error(messages, "ChatCompletionRequest.messages", "[]openai.Message")
     if isinstance(messages, list):
         _check_openai_bind(messages)  # gin's ShouldBindJSON runs before any other check
     if not isinstance(messages, list) or not messages:
@@ -957,9 +1133,8 @@ def parse_openai_chat(body: Any) -> GenRequest:
 def parse_openai_completion(body: Any) -> GenRequest:
     """Decode a POST /v1/completions body (openai.CompletionRequest)."""
     body = _require_object(body, "openai.CompletionRequest")
+    _check_fields(body, "CompletionRequest", OPENAI_COMPLETION_FIELDS)
     prompt = body.get("prompt") or ""
-    if not isinstance(prompt, str):
-        raise RequestError(400, "json: cannot unmarshal prompt of type string")
     return GenRequest(
         model=_check_model(body),
         messages=[{"role": "user", "content": prompt}],
@@ -1006,15 +1181,27 @@ class Renderer:
         self.final_content = ""
 
     @staticmethod
-    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
+    def error(
+        status: int, message: str, *, middleware: bool = False, channel: bool = False
+    ) -> web.Response:
         """An error reply before any byte of the answer was sent (``middleware``: the body
-        failed to decode, which only the /v1 routes answer differently)."""
+        failed to decode, which only the /v1 routes answer differently; ``channel``: it came
+        down a stream's channel, where streamResponse sets a bare ``application/json``)."""
+        if channel:
+            body = _dumps({"error": message}).encode()
+            headers = {"Content-Type": "application/json"}
+            return web.Response(body=body, status=status, headers=headers)
         return web.json_response({"error": message}, status=status, dumps=_dumps)
 
     @staticmethod
     def not_found(model: str) -> str:
         """Error text for a model that is not installed."""
         return f"model '{model}' not found"
+
+    @staticmethod
+    def json(value: Any) -> web.Response:
+        """A whole reply (gin's c.JSON)."""
+        return web.json_response(value, dumps=_dumps)
 
     def step(self, kind: str, value: Any) -> bytes:
         """One stream chunk for a thinking token, tool-call batch or content token."""
@@ -1122,6 +1309,14 @@ class GenerateRenderer(Renderer):
         return web.json_response(body, dumps=_dumps)
 
 
+def encoded_json(value: Any, status: int = 200) -> web.Response:
+    """A body as the /v1 writers send it (0.12.10 middleware/openai.go): json.NewEncoder's
+    output, with its trailing newline, under a bare ``application/json``; what gin writes
+    itself (c.JSON, the middleware's own 400s) has ``charset=utf-8`` and no newline."""
+    body = (_dumps(value) + "\n").encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": "application/json"})
+
+
 def openai_error(status: int, message: str, *, middleware: bool = False) -> web.Response:
     """An OpenAI-style error object as 0.12.10 writes it: typed by openai.NewError from the
     status when the /v1 middleware itself refuses the body, else ``api_error`` whatever the
@@ -1130,6 +1325,8 @@ def openai_error(status: int, message: str, *, middleware: bool = False) -> web.
     if middleware:
         kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, kind)
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    if not middleware:
+        return encoded_json(body, status)
     return web.json_response(body, status=status, dumps=_dumps)
 
 
@@ -1145,9 +1342,16 @@ class OpenAIRenderer(Renderer):
         self.created = int(time.time())
 
     @staticmethod
-    def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
-        """OpenAI-form error."""
+    def error(
+        status: int, message: str, *, middleware: bool = False, channel: bool = False
+    ) -> web.Response:
+        """OpenAI-form error (the /v1 writer's, however the handler met it)."""
         return openai_error(status, message, middleware=middleware)
+
+    @staticmethod
+    def json(value: Any) -> web.Response:
+        """A whole reply, through the /v1 writer."""
+        return encoded_json(value)
 
     def empty_chunk(self) -> dict[str, Any]:
         """The chunk the middleware makes of a response with nothing in it."""
@@ -1282,7 +1486,7 @@ class OpenAICompletionRenderer(OpenAIRenderer):
         if self.stream:
             body = self.done(plan, {})
             return web.Response(body=body, content_type=self.content_type)
-        return web.json_response(self.whole(plan, {}), dumps=_dumps)
+        return encoded_json(self.whole(plan, {}))
 
 
 # --------------------------------------------------------------------------
@@ -1593,9 +1797,9 @@ class FakeOllama(ThreadedServer):
         decode_error = "missing request body" if not raw.strip() else None
         if raw.strip():
             try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                decode_error = f"invalid character in request body: {exc}"
+                body = decode_json(raw)
+            except RequestError as exc:
+                decode_error = exc.message
             else:
                 with self._lock:
                     self._stats["chat_requests"].append(copy.deepcopy(body))
@@ -1625,16 +1829,18 @@ class FakeOllama(ThreadedServer):
         cfg = self.config()
         keep_alive = req.keep_alive
         if keep_alive is None:
-            keep_alive = parse_keep_alive(cfg.keep_alive)
+            keep_alive = server_keep_alive(cfg.keep_alive)
         options = {**entry.parameters, **req.options}
         req.options = options
-        num_ctx = int(options.get("num_ctx") or DEFAULT_NUM_CTX)
+        num_ctx = options.get("num_ctx")  # its type is checked before any load
+        num_ctx = int(num_ctx) if _is_number(num_ctx) and num_ctx >= 1 else DEFAULT_NUM_CTX
         renderer = renderer_cls(req)
         if req.preload and keep_alive == 0:
             self._touch(entry.name, 0)
             return await self._finish_quick(request, renderer, cfg, fault, "unload")
         try:
             self._check_think_before_load(req, entry, renderer_cls.handler)
+            self._check_schedulable(req, entry)
             if req.preload:
                 await self._ensure_loaded(entry.name, keep_alive, num_ctx)
                 return await self._finish_quick(request, renderer, cfg, fault, "load")
@@ -1646,6 +1852,7 @@ class FakeOllama(ThreadedServer):
                 load_ns = await self._ensure_loaded(entry.name, keep_alive, num_ctx)
                 if renderer_cls.handler == "chat":  # ChatHandler checks the level once loaded
                     self._check_think_level(req, entry)
+                self._check_inputs(req, entry)
                 # A loaded model's requests wait for a slot without limit, as they wait on
                 # the runner's semaphore in Ollama: no 503 however long the wait.
                 await self._slots.acquire(lambda: self._config.num_parallel)
@@ -1660,7 +1867,8 @@ class FakeOllama(ThreadedServer):
                 self._count("in_flight", -1)
                 self._slots.release()
         except RequestError as exc:
-            return renderer_cls.error(exc.status, exc.message)
+            channel = isinstance(exc, RunnerError) and req.stream
+            return renderer_cls.error(exc.status, exc.message, channel=channel)
         except asyncio.CancelledError:
             # The client went away: aiohttp cancels this handler (handler_cancellation), as
             # Go cancels the request's context, and generation stops, stream or not.
@@ -1680,8 +1888,41 @@ class FakeOllama(ThreadedServer):
 
     def _can_think(self, entry: ModelEntry) -> bool:
         """Whether the model has the thinking capability (``thinking_models`` prefixes)."""
+        if self._completion_only(entry):
+            return False
         prefixes = tuple(p.lower() for p in self.config().thinking_models)
         return any(family.startswith(prefixes) for family in self._families(entry))
+
+    def _completion_only(self, entry: ModelEntry) -> bool:
+        """Whether completion is the model's only capability (``completion_only_models``)."""
+        prefixes = tuple(p.lower() for p in self.config().completion_only_models)
+        return bool(prefixes) and any(f.startswith(prefixes) for f in self._families(entry))
+
+    def capabilities(self, entry: ModelEntry) -> list[str]:
+        """What /api/show lists and the handlers check (0.12.10 server/images.go)."""
+        if self._completion_only(entry):
+            return ["completion"]
+        return ["completion", "tools"] + (["thinking"] if self._can_think(entry) else [])
+
+    def _check_schedulable(self, req: GenRequest, entry: ModelEntry) -> None:
+        """scheduleRunner's checks before a load (0.12.10 server/routes.go): the capabilities
+        asked for (CheckCapabilities, named by the full model name, then a 400 from
+        handleScheduleError), then the options' types (modelOptions, a 500)."""
+        if req.tools and "tools" not in self.capabilities(entry):
+            raise HandlerError(400, f"{full_name(entry.name)} does not support tools")
+        if (problem := option_type_error(req.options)) is not None:
+            raise HandlerError(500, problem)
+
+    def _check_inputs(self, req: GenRequest, entry: ModelEntry) -> None:
+        """The runner's refusals once loaded: a format that is neither "json" nor a schema
+        (0.12.10 llm/server.go Completion), images a model cannot see (runner/ollamarunner)."""
+        if req.format is not None and req.format != "json" and not isinstance(req.format, dict):
+            quoted = json.dumps(_dumps(req.format), ensure_ascii=False)  # Go's %q of the JSON
+            raise RunnerError(
+                500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+            )
+        if self._completion_only(entry) and any(m.get("images") for m in req.messages):
+            raise RunnerError(500, NO_VISION_ERROR)
 
     def _check_think_before_load(self, req: GenRequest, entry: ModelEntry, handler: str) -> None:
         """ChatHandler/GenerateHandler before scheduling (0.12.10 server/routes.go): a thinking
@@ -1790,7 +2031,7 @@ class FakeOllama(ThreadedServer):
             "eval": max(1, now - first_ns),
         }
         if not renderer.stream:
-            return web.json_response(renderer.whole(plan, timing), dumps=_dumps)
+            return renderer.json(renderer.whole(plan, timing))
         if response is None:
             response = await self._open_stream(request, renderer)
         if mid_error is not None:
@@ -1820,7 +2061,7 @@ class FakeOllama(ThreadedServer):
         cfg = self.config()
         if cfg.never_healthy:
             return web.json_response({"error": "fake: never healthy"}, status=500)
-        return web.json_response({"version": cfg.version})
+        return web.json_response({"version": cfg.version}, dumps=_dumps)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         """POST /api/chat."""
@@ -1871,16 +2112,12 @@ class FakeOllama(ThreadedServer):
         return web.json_response({"models": models}, dumps=_dumps)
 
     @staticmethod
-    async def _json_body(request: web.Request) -> dict[str, Any]:
-        """Decode a JSON object body or raise a 400 RequestError."""
+    async def _json_body(request: web.Request, go_type: str = "request") -> dict[str, Any]:
+        """Decode a JSON object body (into Go's ``go_type``) or raise a 400 RequestError."""
         raw = await request.read()
         if not raw.strip():
             raise RequestError(400, "missing request body")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise RequestError(400, f"invalid character in request body: {exc}") from None
-        return _require_object(body, "request")
+        return _require_object(decode_json(raw), go_type)
 
     def _named(self, body: dict[str, Any]) -> ModelEntry:
         """The installed model a body names (``model`` or legacy ``name``)."""
@@ -1894,7 +2131,7 @@ class FakeOllama(ThreadedServer):
 
     async def _show(self, request: web.Request) -> web.Response:
         """POST /api/show: Modelfile, parameters, template, details, capabilities."""
-        entry = self._named(await self._json_body(request))
+        entry = self._named(await self._json_body(request, "api.ShowRequest"))
         body: dict[str, Any] = {
             "modelfile": entry.modelfile(),
             "parameters": entry.parameters_text(),
@@ -1906,8 +2143,13 @@ class FakeOllama(ThreadedServer):
                 "llama.context_length": 131072,
                 "llama.embedding_length": 4096,
             },
-            "capabilities": ["completion", "tools"]
-            + (["thinking"] if self._can_think(entry) else []),
+            # Listed without `verbose` too (0.12.10 GetModelInfo): a few of a llama's tensors.
+            "tensors": [
+                {"name": "token_embd.weight", "type": "Q4_K", "shape": [4096, 128256]},
+                {"name": "blk.0.attn_q.weight", "type": "Q4_K", "shape": [4096, 4096]},
+                {"name": "output_norm.weight", "type": "F32", "shape": [4096]},
+            ],
+            "capabilities": self.capabilities(entry),
             "modified_at": go_time(entry.modified_ns),
         }
         if entry.system:
@@ -1916,7 +2158,7 @@ class FakeOllama(ThreadedServer):
 
     async def _delete(self, request: web.Request) -> web.Response:
         """DELETE /api/delete: uninstall (empty 200 body, like Ollama)."""
-        entry = self._named(await self._json_body(request))
+        entry = self._named(await self._json_body(request, "api.DeleteRequest"))
         with self._lock:
             self._registry.pop(entry.name, None)
             self._sync_models()
@@ -1928,12 +2170,19 @@ class FakeOllama(ThreadedServer):
         stream: bool,
         lines: list[dict[str, Any]],
         error: str | None,
+        status: int = 500,
     ) -> web.StreamResponse:
-        """Send progress lines (stream) or only the outcome (non-stream)."""
-        if not stream:
-            if error is not None:
-                return web.json_response({"error": error}, status=500, dumps=_dumps)
-            return web.json_response(lines[-1], dumps=_dumps)
+        """Send progress lines (stream) or only the outcome (non-stream), as 0.12.10
+        waitForStream and streamResponse do: both answer an error met before any line with
+        ``status`` under a bare ``application/json`` (server/routes.go)."""
+        if not stream or (error is not None and not lines):
+            outcome = {"error": error} if error is not None else lines[-1]
+            body = _dumps(outcome).encode()
+            return web.Response(
+                body=body,
+                status=200 if error is None else status,
+                headers={"Content-Type": "application/json"},
+            )
         response = web.StreamResponse(status=200)
         response.content_type = "application/x-ndjson"
         await response.prepare(request)
@@ -1945,7 +2194,7 @@ class FakeOllama(ThreadedServer):
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         """POST /api/pull: progress lines, or the manifest error for unpullable names."""
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.PullRequest")
         raw_name = body.get("model") or body.get("name")
         stream = _check_stream(body, True, "PullRequest")
         if not valid_model_name(raw_name):
@@ -1977,7 +2226,7 @@ class FakeOllama(ThreadedServer):
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         """POST /api/create: derive a model from an installed one."""
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.CreateRequest")
         raw_name = body.get("model") or body.get("name")
         stream = _check_stream(body, True, "CreateRequest")
         if not valid_model_name(raw_name):
@@ -1986,11 +2235,14 @@ class FakeOllama(ThreadedServer):
         if not source:
             if body.get("files"):
                 raise RequestError(400, "fake ollama: creating from files is not supported")
-            raise RequestError(400, "neither 'from' or 'files' was specified")
+            # Sent down the progress channel, as CreateHandler does (server/create.go).
+            return await self._progress(
+                request, stream, [], "neither 'from' or 'files' was specified", status=400
+            )
         base = self._find(str(source))
         if base is None:
             raise RequestError(404, f"model '{source}' not found")
-        parameters = _check_options(body.get("parameters"))
+        parameters = _check_options(body.get("parameters"), "CreateRequest.parameters")
         entry = ModelEntry(
             name=normalize_model(str(raw_name)),
             modified_ns=time.time_ns(),
@@ -2030,15 +2282,19 @@ class FakeOllama(ThreadedServer):
             raise HandlerError(404, f"model '{body['model']}' not found")
         keep_alive = _check_keep_alive(body.get("keep_alive"))
         if keep_alive is None:
-            keep_alive = parse_keep_alive(self.config().keep_alive)
+            keep_alive = server_keep_alive(self.config().keep_alive)
         load_ns = await self._ensure_loaded(entry.name, keep_alive, DEFAULT_NUM_CTX)
         self._touch(entry.name, keep_alive)
+        if self._completion_only(entry):
+            # Loaded first, then refused by the runner (0.12.10 runner/ollamarunner/runner.go
+            # answers 501; EmbedHandler passes its text on as a 500).
+            raise HandlerError(500, NO_EMBEDDINGS_ERROR)
         return entry, texts, load_ns
 
     async def _embed(self, request: web.Request) -> web.Response:
         """POST /api/embed."""
         started = time.monotonic_ns()
-        body = await self._json_body(request)
+        body = await self._json_body(request, "api.EmbedRequest")
         entry, texts, load_ns = await self._embed_vectors(body, body.get("input"))
         return web.json_response(
             {
@@ -2054,7 +2310,14 @@ class FakeOllama(ThreadedServer):
     async def _openai_embeddings(self, request: web.Request) -> web.Response:
         """POST /v1/embeddings."""
         try:
-            body = await self._json_body(request)
+            body = await self._json_body(request, "openai.EmbedRequest")
+            encoding = body.get("encoding_format")
+            if encoding and str(encoding).lower() not in ("float", "base64"):
+                raise RequestError(
+                    400,
+                    f"Invalid value for 'encoding_format' = {encoding}. "
+                    "Supported values: ['float', 'base64'].",
+                )
             inputs = body.get("input")
             if inputs == "":
                 inputs = [""]
@@ -2069,14 +2332,13 @@ class FakeOllama(ThreadedServer):
             {"object": "embedding", "embedding": embed_vector(entry.name, t), "index": i}
             for i, t in enumerate(texts)
         ]
-        return web.json_response(
+        return encoded_json(
             {
                 "object": "list",
                 "data": data,
                 "model": body["model"],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            },
-            dumps=_dumps,
+            }
         )
 
     @staticmethod
@@ -2093,7 +2355,7 @@ class FakeOllama(ThreadedServer):
     async def _openai_models(self, request: web.Request) -> web.Response:
         """GET /v1/models."""
         data = [self._openai_model(e, e.name) for e in self._sorted_entries()]
-        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+        return encoded_json({"object": "list", "data": data})
 
     async def _openai_model_get(self, request: web.Request) -> web.Response:
         """GET /v1/models/{model}."""
@@ -2101,7 +2363,7 @@ class FakeOllama(ThreadedServer):
         entry = self._find(name)
         if entry is None:
             return openai_error(404, f"model '{name}' not found")
-        return web.json_response(self._openai_model(entry, name), dumps=_dumps)
+        return encoded_json(self._openai_model(entry, name))
 
     async def _fake_config(self, request: web.Request) -> web.Response:
         """GET/POST /_fake/config: read or change the live config."""
@@ -2124,7 +2386,10 @@ class FakeOllama(ThreadedServer):
 
     async def _not_found(self, request: web.Request) -> web.Response:
         """Any other route: gin's plain-text 404."""
-        return web.Response(status=404, text="404 page not found")
+        # gin's default 404 body, under a content type without charset.
+        return web.Response(
+            status=404, body=b"404 page not found", headers={"Content-Type": "text/plain"}
+        )
 
     @web.middleware
     async def _middleware(

@@ -374,6 +374,23 @@ def test_min_gpu_fraction_is_a_share(monkeypatch: pytest.MonkeyPatch) -> None:
         (ollama.ResponseError("invalid keep_alive", 400), ErrorCode.INVALID_INPUT),
         (ollama.ResponseError("server busy", 503), ErrorCode.OLLAMA_UNAVAILABLE),
         (ollama.ResponseError("runner died", 500), ErrorCode.OLLAMA_ERROR),
+        # Ollama 0.12.10's 500s for a request that can never succeed (tests/test_conformance.py).
+        (
+            ollama.ResponseError('option "temperature" must be of type float32', 500),
+            ErrorCode.INVALID_INPUT,
+        ),
+        (
+            ollama.ResponseError("this model does not support embeddings", 500),
+            ErrorCode.INVALID_INPUT,
+        ),
+        (
+            ollama.ResponseError(
+                "Failed to create new sequence: failed to process inputs: "
+                "this model is missing data required for image input",
+                500,
+            ),
+            ErrorCode.INVALID_INPUT,
+        ),
         (ollama.ResponseError("out of memory"), ErrorCode.OLLAMA_ERROR),
         (ConnectionError("refused"), ErrorCode.OLLAMA_UNAVAILABLE),
         (httpx.ConnectError("refused"), ErrorCode.OLLAMA_UNAVAILABLE),

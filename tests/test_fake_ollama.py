@@ -1063,6 +1063,96 @@ def test_think_needs_the_thinking_capability(fake: FakeOllama, client: ollama.Cl
     assert client.chat(model=MODEL, messages=USER).message.thinking
 
 
+def test_a_completion_only_model_refuses_tools_images_and_embeddings(
+    fake: FakeOllama, client: ollama.Client
+) -> None:
+    """As the real Gemma 3 270M does (tests/test_conformance.py): tools a 400 naming the full
+    model name (0.12.10 server/images.go CheckCapabilities), an image and an embedding the
+    runner's 500s, and /api/show lists completion alone."""
+    fake.configure(completion_only_models=["llama3.1"])
+    with pytest.raises(ollama.ResponseError) as tools:
+        client.chat(model=MODEL, messages=USER, tools=[WEATHER_TOOL])
+    assert (tools.value.status_code, tools.value.error) == (
+        400,
+        "registry.ollama.ai/library/llama3.1:8b does not support tools",
+    )
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    with pytest.raises(ollama.ResponseError) as image:
+        client.chat(model=MODEL, messages=[{**USER[0], "images": [png]}])
+    assert image.value.status_code == 500
+    assert image.value.error.endswith("this model is missing data required for image input")
+    with pytest.raises(ollama.ResponseError) as embed:
+        client.embed(model=MODEL, input="hi")
+    assert (embed.value.status_code, embed.value.error) == (
+        500,
+        "this model does not support embeddings",
+    )
+    assert client.show(MODEL).capabilities == ["completion"]
+    assert client.chat(model=MODEL, messages=USER).message.content == "You said: hello there"
+
+
+def test_request_errors_in_go_s_words(fake: FakeOllama) -> None:
+    """Bodies and fields as encoding/json and api.Options.FromMap refuse them in 0.12.10."""
+    cases = [
+        ('{"model": ', 400, "unexpected EOF"),
+        ('{"model": "x" "y"}', 400, "invalid character '\"' after object key:value pair"),
+        ("model=x", 400, "invalid character 'm' looking for beginning of value"),
+        (
+            json.dumps({"model": MODEL, "messages": USER, "options": "hot"}),
+            400,
+            "json: cannot unmarshal string into Go struct field ChatRequest.options of type "
+            "map[string]interface {}",
+        ),
+        (
+            json.dumps({"model": MODEL, "messages": "hi"}),
+            400,
+            "json: cannot unmarshal string into Go struct field ChatRequest.messages of type "
+            "[]api.Message",
+        ),
+        (
+            json.dumps({"model": MODEL, "messages": USER, "options": {"temperature": "hot"}}),
+            500,
+            'option "temperature" must be of type float32',
+        ),
+        (
+            json.dumps({"model": MODEL, "messages": USER, "options": {"stop": "x"}}),
+            500,
+            'option "stop" must be of type array',
+        ),
+    ]
+    for body, status, error in cases:
+        reply = httpx.post(f"{fake.url}/api/chat", content=body)
+        assert (reply.status_code, reply.json()) == (status, {"error": error}), body
+    bad = httpx.post(
+        f"{fake.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": USER, "max_tokens": 4.5},
+    )
+    assert bad.json()["error"]["message"] == (
+        "json: cannot unmarshal number 4.5 into Go struct field "
+        "ChatCompletionRequest.max_tokens of type int"
+    )
+    assert bad.headers["content-type"] == "application/json; charset=utf-8"  # the middleware's
+
+
+def test_the_v1_writers_encode_with_a_newline_under_bare_json(fake: FakeOllama) -> None:
+    """middleware/openai.go writes with json.NewEncoder under "application/json", handler
+    errors included; gin's own JSON (the middleware's 400s, the native routes) has a charset."""
+    whole = httpx.post(f"{fake.url}/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    missing = httpx.post(
+        f"{fake.url}/v1/chat/completions", json={"model": "ghost", "messages": USER}
+    )
+    listed = httpx.get(f"{fake.url}/v1/models")
+    for reply in (whole, missing, listed):
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.text.endswith("}\n")
+    assert missing.status_code == 404
+    native = httpx.post(
+        f"{fake.url}/api/chat", json={"model": MODEL, "messages": USER, "stream": False}
+    )
+    assert native.headers["content-type"] == "application/json; charset=utf-8"
+    assert not native.text.endswith("\n")
+
+
 def test_ps_reports_what_sits_in_gpu_memory(fake: FakeOllama, client: ollama.Client) -> None:
     """/api/ps gives each loaded model's size and size_vram; with gpu_fraction < 1 part of it
     is in system memory, as when a model does not fit the GPU (0.12.10 server/routes.go

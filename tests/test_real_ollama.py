@@ -8,6 +8,7 @@ every generation here is bounded by `max_tokens`.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -30,6 +31,13 @@ from tests.vapi_fixtures import check_response, load, sse_chunks, webhook
 pytestmark = pytest.mark.real
 
 Worker = WorkerProcess | DeployedWorker
+# A 1x1 PNG, the smallest real image.
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+    )
+).decode()
 # Greedy decoding and a fixed seed: the same request gives the same tokens, streamed or not.
 GREEDY = {"temperature": 0, "seed": 42}
 
@@ -198,6 +206,28 @@ def test_capabilities_the_model_lacks_are_invalid_input(
         assert error.startswith("INVALID_INPUT: ")
         assert says in error
         assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("job", "says"),
+    [
+        ({"prompt": "hi", "options": {"temperature": "hot"}}, 'option "temperature" must be'),
+        (
+            {"messages": [{"role": "user", "content": "hi", "images": [PNG]}], "max_tokens": 2},
+            "missing data required for image input",
+        ),
+        (openai_job("/v1/embeddings", {"input": "hello"}), "does not support embeddings"),
+    ],
+    ids=["option-type", "image", "embeddings"],
+)
+def test_requests_ollama_fails_with_a_500_no_retry_can_cure_are_invalid_input(
+    real_worker: Worker, job: dict[str, Any], says: str
+) -> None:
+    """Ollama 0.12.10 answers these with HTTP 500 (tests/test_conformance.py), though only a
+    different request can succeed: the caller is told to fix it, not to retry."""
+    error = error_of(real_worker.output(job))
+    assert error.startswith("INVALID_INPUT: "), error
+    assert says in error
 
 
 def test_a_context_longer_than_num_ctx_is_truncated_by_ollama_not_refused(
