@@ -197,10 +197,16 @@ class RealOllamaServer:
 
 @contextlib.contextmanager
 def real_ollama_with_model(
-    models_dir: Path, *, env: dict[str, str] | None = None, preload: bool = True
+    models_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    preload: bool = True,
+    real: RealOllama | None = None,
 ) -> Iterator[RealOllamaServer]:
-    """A running real server whose store holds `voice-assistant`, built from our Modelfile."""
-    real = require_real_ollama()
+    """A running real server whose store holds `voice-assistant`, built from our Modelfile.
+
+    `real` defaults to the provided one, or skips the test (the bench passes its own)."""
+    real = real or require_real_ollama()
     with RealOllamaServer(real, models_dir, env or {}) as server:
         server.create(MODEL, voice_modelfile(real.gguf))
         if preload:
