@@ -46,6 +46,14 @@ GEMMA3_TEMPLATE = '''TEMPLATE """{{- range $i, $_ := .Messages }}
 PARAMETER stop "<end_of_turn>"
 '''
 FROM_LINE = re.compile(r"^FROM .*$", re.MULTILINE)
+# The child of `ollama serve` that holds a loaded model: Ollama's own `ollama runner` up to
+# 0.2x, llama.cpp's `llama-server` (lib/ollama/llama-server) from 0.30 on.
+MODEL_RUNNERS = ("ollama runner", "llama-server")
+
+
+def is_model_runner(command: str) -> bool:
+    """Whether a command line is a model runner of `ollama serve` (MODEL_RUNNERS)."""
+    return any(runner in command for runner in MODEL_RUNNERS)
 
 
 def voice_modelfile(gguf: Path) -> str:
@@ -116,7 +124,7 @@ class RealOllamaServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its `ollama runner` children join this group
+                start_new_session=True,  # its model runners (MODEL_RUNNERS) join this group
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -157,7 +165,7 @@ class RealOllamaServer:
         return {entry["name"]: entry for entry in self.api("GET", "/api/ps")["models"]}
 
     def runner_pids(self) -> list[int]:
-        """Pids of this server's `ollama runner` children still alive."""
+        """Pids of this server's model runners (MODEL_RUNNERS) still alive."""
         if self.process is None:
             return []
         found = []
