@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup ollama test lint run dev bench smoke
+.PHONY: setup ollama test lint docs run dev bench smoke
 
 ## Create the virtual environment with the worker's and the tests' requirements.
 setup:
@@ -24,10 +24,16 @@ test: lint
 	$(PY) -m pytest
 
 lint:
+	$(PY) scripts/settings_docs.py --check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	shellcheck ollama_boot.sh .ci/run
 	hadolint Dockerfile
+
+## Write the README's Configuration table and .runpod/hub.json's inputs from ollama_worker/config.py.
+docs:
+	$(PY) scripts/settings_docs.py
 
 ## Run the worker's local API on :8000 against the Ollama at OLLAMA_HOST.
 run:

@@ -4,7 +4,8 @@
 #   ollama_boot.sh [HANDLER ARGS...]  run: start `ollama serve` and the handler side by side,
 #                                     check and preload DEFAULT_MODEL, then serve jobs
 #   ollama_boot.sh bake               image build: pull PULL_MODELS, create DEFAULT_MODEL
-#                                     from the Modelfile, stop the server
+#                                     from the Modelfile, stop the server (PULL_MODELS=none:
+#                                     nothing, for an image that serves the model cache)
 #
 # Run mode exits non-zero when Ollama does not come up, the model is missing or Ollama dies
 # later (so RunPod replaces the worker); it exits with the handler's status if that ends.
@@ -137,7 +138,11 @@ start_ollama() {
 }
 
 bake() {
-  local models model pull_models skip_create=''
+  local models model pull_models
+  if [[ ${PULL_MODELS-} == none ]]; then
+    log "PULL_MODELS=none: nothing baked; the worker serves HF_MODEL from the model cache"
+    return
+  fi
   start_ollama
   "$python" -m ollama_worker.boot wait --pid "$ollama_pid" >/dev/null
   pull_models=${PULL_MODELS:-llama3.1:8b}
@@ -146,12 +151,9 @@ bake() {
   for model in "${models[@]}"; do
     log "pulling $model"
     ollama pull "$model" </dev/null
-    if [[ $model == "$default_model" || $model:latest == "$default_model" ||
-      $model == "$default_model:latest" ]]; then
-      skip_create=1
-    fi
   done
-  if [[ -n $skip_create ]]; then
+  # The worker's own rule for "the same model" (tag, registry and case aside).
+  if "$python" -m ollama_worker.boot among "$default_model" "${models[@]}"; then
     log "DEFAULT_MODEL $default_model is one of PULL_MODELS; using it as pulled"
   else
     log "creating $default_model from $modelfile"
@@ -160,7 +162,7 @@ bake() {
   "$python" -m ollama_worker.boot check "$default_model"
   stop_pids "$stop_grace_s" "$ollama_pid"
   ollama_pid=''
-  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama}"
+  log "baked ${models[*]:-nothing pulled} and $default_model into ${OLLAMA_MODELS:-~/.ollama/models}"
 }
 
 start_handler() {
@@ -171,17 +173,19 @@ start_handler() {
 }
 
 run() {
-  local done_pid status defer_handler=''
+  local done_pid status defer_handler='' importing=''
   start_ollama
   # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
   # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
   # arrives during the load simply waits inside Ollama. A pull on boot is the exception:
-  # until it ends the model does not exist, so the handler starts after it.
+  # until it ends the model does not exist, so the handler starts after it. So is an import
+  # from the model cache (HF_MODEL): until it ends the model does not exist, or is a baked
+  # one of the same name; the handler starts after it, and its imports overlap the load.
   case ${pull_on_boot,,} in
   1 | true | yes | on) defer_handler=1 ;;
-  *) start_handler "$@" ;;
+  *) if [[ -n ${HF_MODEL:-} ]]; then importing=import; else start_handler "$@"; fi ;;
   esac
-  "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+  "$python" -m ollama_worker.boot "${importing:-ready}" --pid "$ollama_pid" &
   boot_pid=$!
 
   while :; do
@@ -198,6 +202,13 @@ run() {
       if ((status != 0)); then
         log "boot failed (see the boot: line above); stopping the worker"
         exit 1
+      fi
+      if [[ -n $importing ]]; then
+        importing='' defer_handler=''
+        start_handler "$@"
+        HF_MODEL='' "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
+        boot_pid=$!
+        continue
       fi
       log "ready: $default_model is loaded"
       if [[ -n $defer_handler ]]; then start_handler "$@"; fi

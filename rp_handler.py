@@ -60,8 +60,8 @@ def main() -> None:
     try:
         configure_logging()
         settings = get_settings()
-        wait_s = float(os.environ.get("WORKER_WAIT_FOR_OLLAMA_S") or 0)
-    except (ConfigError, ValueError) as exc:
+        wait_s = settings.wait_for_ollama_s
+    except ConfigError as exc:
         sys.exit(f"rp_handler: bad configuration: {exc}")
 
     ready = wait_for_ollama_in_background(settings, wait_s) if wait_s else None

@@ -23,6 +23,7 @@ from bench import (
     deployed,
     deployed_cold_start,
     memory,
+    model_cache,
     overhead,
     real,
     report,
@@ -50,11 +51,14 @@ class Sizes:
     memory_warmup: int
     deployed: deployed.Sizes
     real: real.Sizes
+    # Rounds of (a later HF_MODEL boot, the baked model) with the real Ollama; 0 skips them.
+    model_cache_boots: int
 
 
-FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, real.FULL)
-QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, real.QUICK)
-# The groups `--only` selects: the stand-in's measurements, and the real Ollama's (keys real.*).
+FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, real.FULL, 3)
+QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, real.QUICK, 0)
+# The groups `--only` selects: the stand-in's measurements (with the model cache's boots), and
+# the real Ollama's streams and cold starts (keys real.*).
 GROUPS = ("stand-in", "real")
 
 
@@ -98,6 +102,11 @@ def run_stand_in(
     into `details` and the figures."""
     progress("cold start (ollama_boot.sh with the stand-in ollama)")
     keep("cold_start", cold_start.measure(boots=sizes.boots, imports=sizes.imports))
+    if sizes.model_cache_boots:
+        progress("model cache cold start (ollama_boot.sh, the real Ollama and Gemma GGUF)")
+        keep("model_cache", model_cache.measure(boots=sizes.model_cache_boots))
+    else:
+        progress("model cache cold start: skipped in quick mode (the real Ollama's boots)")
     progress("deployed cold start (ollama_boot.sh, production loop, stand-in job API)")
     keep(
         "deployed_cold_start",

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import PROMPT, BenchError, Figure, completed_output, process_tree, progress
+from bench.common import MODEL, PROMPT, BenchError, Figure, completed_output, process_tree, progress
 from tests.fake_ollama import FakeOllama
 from tests.harness import ROOT, free_port
 
@@ -47,8 +47,9 @@ def _boot_env(models_dir: Path, ollama_port: int) -> dict[str, str]:
     keep = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("FAKE_OLLAMA_", "OLLAMA_", "VAPI_", "WORKER_", "RUNPOD_"))
+        if not k.startswith(("FAKE_OLLAMA_", "OLLAMA_", "VAPI_", "WORKER_", "RUNPOD_", "HF_"))
         and k not in {"DEFAULT_MODEL", "PULL_MODELS", "MAX_CONCURRENCY", "MODELFILE"}
+        and k != "MODELFILE_TUNING"
     }
     venv_bin = str(Path(sys.executable).parent)
     return {
@@ -84,66 +85,80 @@ def boot_once() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         models = Path(tmp) / "models"
         seed = FakeOllama(state_file=str(models / "fake-ollama-models.json"), models=[])
-        seed.configure(models=["voice-assistant:latest"])  # writes the model store
-        ollama_port, api_port = free_port(), free_port()
-        log_path = Path(tmp) / "boot.log"
-        marks: dict[str, float] = {}
-        with log_path.open("wb") as log:
-            started = time.monotonic()
-            process = subprocess.Popen(
-                [
-                    str(ROOT / "ollama_boot.sh"),
-                    "--rp_serve_api",
-                    "--rp_api_host",
-                    "127.0.0.1",
-                    "--rp_api_port",
-                    str(api_port),
-                ],
-                cwd=tmp,
-                env=_boot_env(models, ollama_port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        seed.configure(models=[f"{MODEL}:latest"])  # writes the model store
+        ollama_port = free_port()
+        return time_boot(_boot_env(models, ollama_port), Path(tmp), ollama_port)
 
-        def watch(name: str, port: int) -> None:
-            while name not in marks and time.monotonic() - started < TIMEOUT_S:
-                if _listening(port):
-                    marks[name] = time.monotonic() - started
-                time.sleep(0.01)
 
-        watchers = [
-            threading.Thread(target=watch, args=args, daemon=True)
-            for args in (("ollama_listening_s", ollama_port), ("api_listening_s", api_port))
-        ]
+def time_boot(
+    env: dict[str, str],
+    tmp: Path,
+    ollama_port: int,
+    job_input: dict[str, Any] | None = None,
+    timeout_s: float = TIMEOUT_S,
+) -> dict[str, float]:
+    """Launch ollama_boot.sh under the local API with `env` (whose OLLAMA_HOST is on
+    `ollama_port`) and post a job every 20 ms until one is answered; seconds from the launch
+    to Ollama listening, the API up and that answer. Stops everything it started."""
+    api_port = free_port()
+    log_path = tmp / f"boot-{api_port}.log"
+    marks: dict[str, float] = {}
+    with log_path.open("wb") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [
+                str(ROOT / "ollama_boot.sh"),
+                "--rp_serve_api",
+                "--rp_api_host",
+                "127.0.0.1",
+                "--rp_api_port",
+                str(api_port),
+            ],
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def watch(name: str, port: int) -> None:
+        while name not in marks and time.monotonic() - started < timeout_s:
+            if _listening(port):
+                marks[name] = time.monotonic() - started
+            time.sleep(0.01)
+
+    watchers = [
+        threading.Thread(target=watch, args=args, daemon=True)
+        for args in (("ollama_listening_s", ollama_port), ("api_listening_s", api_port))
+    ]
+    for watcher in watchers:
+        watcher.start()
+    try:
+        while True:
+            if process.poll() is not None:
+                raise BenchError(f"ollama_boot.sh exited {process.returncode}")
+            if time.monotonic() - started > timeout_s:
+                raise BenchError(f"no answer within {timeout_s} s")
+            try:
+                answer = httpx.post(
+                    f"http://127.0.0.1:{api_port}/runsync",
+                    json={"input": job_input or {"prompt": PROMPT}},
+                    timeout=timeout_s,
+                ).json()
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            marks["first_answer_s"] = time.monotonic() - started
+            completed_output(answer)
+            break
+    except BenchError as exc:
+        raise BenchError(f"{exc}:\n{log_path.read_text(errors='replace')[-3000:]}") from None
+    finally:
+        _stop(process)
         for watcher in watchers:
-            watcher.start()
-        try:
-            while True:
-                if process.poll() is not None:
-                    raise BenchError(f"ollama_boot.sh exited {process.returncode}")
-                if time.monotonic() - started > TIMEOUT_S:
-                    raise BenchError(f"no answer within {TIMEOUT_S} s")
-                try:
-                    answer = httpx.post(
-                        f"http://127.0.0.1:{api_port}/runsync",
-                        json={"input": {"prompt": PROMPT}},
-                        timeout=TIMEOUT_S,
-                    ).json()
-                except httpx.TransportError:
-                    time.sleep(0.02)
-                    continue
-                marks["first_answer_s"] = time.monotonic() - started
-                completed_output(answer)
-                break
-        except BenchError as exc:
-            raise BenchError(f"{exc}:\n{log_path.read_text(errors='replace')[-3000:]}") from None
-        finally:
-            _stop(process)
-            for watcher in watchers:
-                watcher.join(1)
-        return {key: round(value, 3) for key, value in marks.items()}
+            watcher.join(1)
+    return {key: round(value, 3) for key, value in marks.items()}
 
 
 def measure(*, boots: int, imports: int) -> tuple[dict[str, Any], list[Figure]]:

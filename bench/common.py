@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 
+from ollama_worker.config import DEFAULTS
 from tests.harness import ROOT, free_port
 
 # The chat every measurement sends: what a voice turn looks like, small on the wire.
 PROMPT = "Hi, what can you do?"
-MODEL = "voice-assistant"
+MODEL = DEFAULTS.default_model
 # A short reply of 7 tokens: ~50 ms to the first, 20 ms for each of the 6 others.
 SHORT_REPLY = "Hello! How can I help you today?"
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.cold_start import FLOOR_S, LOAD_DELAY_S, SLACK_S, START_DELAY_S, _boot_env, _listening
 from bench.cold_start import _stop as stop_process
-from bench.common import PROMPT, BenchError, Figure, progress
+from bench.common import MODEL, PROMPT, BenchError, Figure, progress
 from tests.fake_ollama import FakeOllama
 from tests.fake_runpod import FakeRunPod, JobRecord
 from tests.harness import ROOT, SDK_SAFETY, free_port
@@ -101,7 +101,7 @@ def boot_once(fake: FakeRunPod, variant: str) -> dict[str, float]:
         tmp = Path(tmp_name)
         models = tmp / "models"
         seed = FakeOllama(state_file=str(models / "fake-ollama-models.json"), models=[])
-        seed.configure(models=["voice-assistant:latest"])  # writes the model store
+        seed.configure(models=[f"{MODEL}:latest"])  # writes the model store
         ollama_port = free_port()
         env = _env(fake, worker_id, models, ollama_port)
         job_id = fake.submit({"prompt": PROMPT}, worker_id=worker_id)

@@ -19,7 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ollama_worker.config import Settings
+    from ollama_worker.model_cache import CacheSettings
 
 # Each poll is short so a wedged server cannot hold the loop past its deadline.
 _POLL_TIMEOUT_S = 2.0
@@ -63,19 +68,26 @@ def _request(base_url: str, path: str, body: dict[str, Any] | None) -> urllib.re
     )
 
 
+def ollama_error_message(body: str) -> str | None:
+    """The message of an Ollama error body: `{"error": "..."}`, or `{"error": {"message": ...}}`
+    on its OpenAI-compatible routes; None when the body says none."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else None
+
+
 def _error_text(exc: urllib.error.HTTPError) -> str:
-    """The `error` field of an Ollama error body, or the raw body, for messages."""
+    """The message of an Ollama error answer, or its raw body, for messages."""
     try:
         raw = exc.read().decode(errors="replace")
     except OSError:
         raw = ""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return parsed["error"]
-    return raw.strip() or str(exc.reason)
+    return ollama_error_message(raw) or raw.strip() or str(exc.reason)
 
 
 def _call_json(
@@ -291,6 +303,21 @@ def check_gpu_residency(base_url: str, min_fraction: float) -> None:
         )
 
 
+def _wait_and_import(
+    base_url: str, model: str, timeout_s: float, pid: int | None, cache: CacheSettings | None
+) -> None:
+    """Wait for Ollama, then create `model` from the model cache when `cache` is given."""
+    started = time.monotonic()
+    version = wait_for_ollama(base_url, timeout_s, pid=pid)
+    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    if cache is not None:
+        # Only once Ollama answers: `ollama serve` prunes the blobs no manifest names as it
+        # starts, a hard link made before included.
+        from ollama_worker.model_cache import import_model
+
+        import_model(base_url, model, cache)
+
+
 def _ready(
     base_url: str,
     model: str,
@@ -299,12 +326,13 @@ def _ready(
     pid: int | None,
     pull_on_boot: bool,
     min_gpu_fraction: float = 0.0,
+    cache: CacheSettings | None = None,
 ) -> None:
-    """The run-mode sequence in one process: wait, check (or pull) the model, preload, and
-    check how much of it landed in GPU memory."""
+    """The run-mode sequence in one process: wait, import the model from the model cache when
+    `cache` says so (HF_MODEL), check (or pull) the model, preload, and check how much of it
+    landed in GPU memory."""
     started = time.monotonic()
-    version = wait_for_ollama(base_url, timeout_s, pid=pid)
-    _log(f"Ollama {version} answered after {time.monotonic() - started:.2f} s")
+    _wait_and_import(base_url, model, timeout_s, pid, cache)
     installed = installed_models(base_url)
     if not is_installed(model, installed):
         if not pull_on_boot:
@@ -319,6 +347,24 @@ def _ready(
         f"(boot {time.monotonic() - started:.2f} s)"
     )
     check_gpu_residency(base_url, min_gpu_fraction)
+
+
+def _cache_settings(settings: Settings) -> CacheSettings | None:
+    """What the model-cache import needs, or None when HF_MODEL is unset (the baked path)."""
+    if not settings.hf_model:
+        return None
+    from ollama_worker.model_cache import CacheSettings
+
+    return CacheSettings(
+        hf_model=settings.hf_model,
+        hf_model_file=settings.hf_model_file,
+        hf_quantization=settings.hf_quantization,
+        hub_cache=settings.hf_hub_cache,
+        # Read as ollama_boot.sh reads it: its bake builds DEFAULT_MODEL from the same file.
+        modelfile=os.environ.get("MODELFILE")
+        or str(Path(__file__).resolve().parent.parent / "Modelfile"),
+        modelfile_tuning=settings.modelfile_tuning,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,6 +382,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="fail unless the model is installed")
     check.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
 
+    among = commands.add_parser(
+        "among", help="exit 0 when the model is one of the names (tag and case aside), else 1"
+    )
+    among.add_argument("model")
+    among.add_argument("names", nargs="*")
+
     pull_cmd = commands.add_parser("pull", help="pull models through the API")
     pull_cmd.add_argument("models", nargs="*", help="default: PULL_MODELS")
 
@@ -343,8 +395,16 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("model", nargs="?", help="default: DEFAULT_MODEL")
     load.add_argument("--timeout", type=float, default=PRELOAD_TIMEOUT_S)
 
+    imports = commands.add_parser(
+        "import", help="wait, then create DEFAULT_MODEL from the model cache's HF_MODEL"
+    )
+    imports.add_argument("--pid", type=int, help="give up at once if this process dies")
+    imports.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
+
     ready = commands.add_parser(
-        "ready", help="wait, check (pull if OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL"
+        "ready",
+        help="wait, import from the model cache if HF_MODEL is set, check (pull if "
+        "OLLAMA_PULL_ON_BOOT=1) and preload DEFAULT_MODEL",
     )
     ready.add_argument("--pid", type=int, help="give up at once if this process dies")
     ready.add_argument("--timeout", type=float, help="seconds (default: OLLAMA_BOOT_TIMEOUT_S)")
@@ -367,11 +427,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = args.model or settings.default_model
             require_model(base_url, model)
             _log(f"{model} is installed")
+        elif args.command == "among":
+            return 0 if is_installed(args.model, args.names) else 1
         elif args.command == "pull":
             for model in args.models or settings.pull_models:
                 pull(base_url, model)
         elif args.command == "preload":
             preload(base_url, args.model or settings.default_model, timeout_s=args.timeout)
+        elif args.command == "import":
+            cache = _cache_settings(settings)
+            if cache is None:
+                raise BootError("HF_MODEL is not set: there is nothing to import")
+            timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
+            _wait_and_import(base_url, settings.default_model, timeout_s, args.pid, cache)
         elif args.command == "ready":
             timeout_s = settings.boot_timeout_s if args.timeout is None else args.timeout
             _ready(
@@ -381,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pid=args.pid,
                 pull_on_boot=settings.pull_on_boot,
                 min_gpu_fraction=settings.min_gpu_fraction,
+                cache=_cache_settings(settings),
             )
     except (BootError, ConfigError) as exc:
         _log(str(exc))
@@ -391,4 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m` runs this file as __main__; the model cache imports it as ollama_worker.boot,
+    # which must be this very module, so that its BootError is the one main() catches.
+    sys.modules.setdefault("ollama_worker.boot", sys.modules[__name__])
     sys.exit(main())

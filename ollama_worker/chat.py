@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import ollama
@@ -12,6 +11,7 @@ from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.schemas import ChatJob
+from ollama_worker.streaming import closing
 
 # Top-level sampling knobs and the Ollama option each one sets; `options` wins over them.
 TOP_LEVEL_OPTIONS = {
@@ -131,7 +131,7 @@ async def run_chat(
             }
             return
         # Closed on any way out, so the connection goes back to the pool at once.
-        async with aclosing(client.chat_stream(request)) as chunks:
+        async with closing(client.chat_stream(request)) as chunks:
             async for chunk in chunks:
                 if chunk.done:
                     yield {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.chat import merge_stream_items, run_chat
@@ -15,7 +14,7 @@ from ollama_worker.health import run_health
 from ollama_worker.ollama_client import get_client
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
-from ollama_worker.streaming import coalesce, merge_text
+from ollama_worker.streaming import closing, coalesce, merge_text
 from ollama_worker.vapi import run_vapi
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ async def run_job(job: dict[str, Any]) -> AsyncIterator[Any]:
     job_id, raw_input = job.get("id", "-"), job.get("input")
     started, items = time.perf_counter(), 0
     try:
-        async with aclosing(_answer(raw_input)) as answer:
+        async with closing(_answer(raw_input)) as answer:
             async for item in answer:
                 items += 1
                 yield item

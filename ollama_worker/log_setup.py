@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import os
 
-from ollama_worker.config import ConfigError
+from ollama_worker.config import declared
 
-# Python's level names and the SDK's own (rp_logger.LOG_LEVELS) for each.
+# The SDK's own name (rp_logger.LOG_LEVELS) for each of config.LOG_LEVELS.
 SDK_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR"}
-ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
 
 
 def configure_logging() -> str:
@@ -22,10 +21,7 @@ def configure_logging() -> str:
 
     `RUNPOD_LOG_LEVEL`, when set, still rules the SDK's own logger.
     """
-    raw = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
-    level = ALIASES.get(raw, raw)
-    if level not in SDK_LEVELS:
-        raise ConfigError(f"LOG_LEVEL={raw!r} is not one of {', '.join(SDK_LEVELS)}")
+    level = str(declared("LOG_LEVEL").read())
     # The SDK reads this once, when runpod.serverless is first imported.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LEVELS[level])
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

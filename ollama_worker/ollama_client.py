@@ -25,9 +25,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ollama_worker.boot import shares_in_gpu_memory
+from ollama_worker.boot import ollama_error_message, shares_in_gpu_memory
 from ollama_worker.config import Settings, get_settings
 from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.streaming import close_iterator, closing
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class OllamaClient:
     async def aclose(self) -> None:
         """Close the shared pool."""
         await self.http.aclose()
-        await self.native.close()
+        await self.native.close()  # type: ignore[no-untyped-call]  # ollama leaves it unhinted
 
     def _error(self, exc: BaseException, *, mid_stream: bool = False) -> WorkerError:
         return to_worker_error(
@@ -196,7 +197,7 @@ class OllamaClient:
             try:
                 return await anext(items), items
             except BaseException:
-                await _aclose(items)
+                await close_iterator(items)
                 raise
 
         first, items = await self.call(first_item)
@@ -211,7 +212,7 @@ class OllamaClient:
                     raise self._error(exc, mid_stream=True) from exc
                 yield item
         finally:
-            await _aclose(items)
+            await close_iterator(items)
 
     async def chat(self, request: dict[str, Any]) -> ollama.ChatResponse:
         """One whole `/api/chat` reply."""
@@ -224,7 +225,7 @@ class OllamaClient:
             # Leaving `async for` early does not close the client's generator, whose
             # `async with` holds the connection: close it here, not when it is collected.
             chunks = await self.native.chat(**request, stream=True)
-            async with contextlib.aclosing(chunks):
+            async with closing(chunks):
                 async for chunk in chunks:
                     yield chunk
 
@@ -309,22 +310,9 @@ def _raise_for_status(response: httpx.Response) -> None:
     """Raise the ollama client's own error type for a non-2xx answer, so one policy covers both."""
     if not response.is_error:
         return
-    message = response.text
-    with contextlib.suppress(ValueError):
-        body = response.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):  # the OpenAI-compatible routes nest it
-            error = error.get("message")
-        if error:
-            message = str(error)
+    message = ollama_error_message(response.text) or response.text
     # ResponseError json-parses its text and expects an object: hand it one, whatever the body was.
     raise ollama.ResponseError(json.dumps({"error": message}), response.status_code)
-
-
-async def _aclose(items: AsyncIterator[Any]) -> None:
-    aclose = getattr(items, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 _clients: dict[asyncio.AbstractEventLoop, OllamaClient] = {}

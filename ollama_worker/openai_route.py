@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient
+from ollama_worker.schemas import check_input_chars
+from ollama_worker.streaming import closing
 
 SSE_ERROR_PREFIX = 'data: {"error"'
 # Ollama 0.12.10 turns an error after a /v1 stream began into one empty chunk whose model is
@@ -85,19 +86,14 @@ async def run_openai(
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         # Ollama 0.12.10 reads only max_tokens: sent as is, the newer name would limit nothing.
         body["max_tokens"] = body.pop("max_completion_tokens")
-    if (chars := text_chars(body)) > settings.max_input_chars:
-        raise WorkerError(
-            ErrorCode.INVALID_INPUT,
-            f"message text is {chars:,} characters; the limit is "
-            f"{settings.max_input_chars:,} (MAX_INPUT_CHARS)",
-        )
+    check_input_chars(text_chars(body), settings.max_input_chars)
     body = await with_model_sampling(route, body, client)
     try:
         if body.get("stream") is not True:
             yield await client.raw_json("POST", route, body)
             return
         finished = False
-        async with aclosing(client.raw_lines(route, body)) as lines:
+        async with closing(client.raw_lines(route, body)) as lines:
             async for line in lines:
                 if not line.startswith("data:"):
                     continue  # event separators, comments, keep-alives

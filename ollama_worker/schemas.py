@@ -173,7 +173,7 @@ def parse_job(
             f"`input` must be a JSON object, not {type(raw).__name__}",
         )
     if "openai_route" in raw:
-        model: type[BaseModel] | TypeAdapter[Any] = OpenAIJob
+        model: type[OpenAIJob] | TypeAdapter[ChatJob | HealthJob | VapiWebhookJob] = OpenAIJob
     else:
         if "type" not in raw and any(key in raw for key in CHAT_KEYS):
             raw = {**raw, "type": "chat"}
@@ -194,10 +194,15 @@ def parse_job(
         )
     except ValidationError as exc:
         raise WorkerError(ErrorCode.INVALID_INPUT, describe_validation_error(exc)) from None
-    if isinstance(job, ChatJob) and job.text_chars() > max_input_chars:
+    if isinstance(job, ChatJob):
+        check_input_chars(job.text_chars(), max_input_chars)
+    return job
+
+
+def check_input_chars(chars: int, limit: int) -> None:
+    """Refuse a job carrying more message text than MAX_INPUT_CHARS, with INVALID_INPUT."""
+    if chars > limit:
         raise WorkerError(
             ErrorCode.INVALID_INPUT,
-            f"message text is {job.text_chars():,} characters; the limit is "
-            f"{max_input_chars:,} (MAX_INPUT_CHARS)",
+            f"message text is {chars:,} characters; the limit is {limit:,} (MAX_INPUT_CHARS)",
         )
-    return job

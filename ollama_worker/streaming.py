@@ -64,10 +64,25 @@ async def coalesce(items: AsyncIterator[T], merge: Merge[T]) -> AsyncIterator[T]
         reader.cancel()
         # asyncio.wait never raises, so a cancellation of our own still propagates.
         await asyncio.wait({reader})
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        with contextlib.suppress(Exception):
+            await close_iterator(items)
+
+
+async def close_iterator(items: AsyncIterator[Any]) -> None:
+    """Close an iterator that holds something open (an async generator); others need nothing."""
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@contextlib.asynccontextmanager
+async def closing(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """`contextlib.aclosing` for whatever is typed as an AsyncIterator: closed on every way out,
+    so the Ollama connection behind a stream goes back to the pool at once."""
+    try:
+        yield items
+    finally:
+        await close_iterator(items)
 
 
 def merge_text(first: Any, second: Any) -> str | None:

@@ -24,6 +24,20 @@ from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import VapiWebhookJob
 from ollama_worker.vapi_auth import check_webhook_auth
+from ollama_worker.vapi_messages import (
+    ServerMessage,
+    ServerMessageAssistantRequest,
+    ServerMessageCallEndpointingRequest,
+    ServerMessageCampaignPredial,
+    ServerMessageFunctionCall,
+    ServerMessageHandoffDestinationRequest,
+    ServerMessageKnowledgeBaseRequest,
+    ServerMessageToolCalls,
+    ServerMessageTransferDestinationRequest,
+    ServerMessageVoiceRequest,
+    ToolCall,
+    parse_server_message,
+)
 from ollama_worker.vapi_tools import (
     NO_HOOK,
     HookFailed,
@@ -71,11 +85,6 @@ LOGGED_FIELDS = ("status", "endedReason", "cost")
 PLAIN = re.compile(r"[\w.:+-]+")
 
 
-def _list(value: Any) -> list[Any]:
-    """`value` if it is a list, else empty: VAPI's payloads are read, never trusted."""
-    return value if isinstance(value, list) else []
-
-
 @functools.cache
 def system_prompt(modelfile: str) -> str | None:
     """The SYSTEM prompt of the Modelfile at that path, or None when it has none."""
@@ -87,12 +96,11 @@ def system_prompt(modelfile: str) -> str | None:
     return (match.group(1) or match.group(2)).strip() if match else None
 
 
-def _call_id(*sources: dict[str, Any]) -> str | None:
-    """The first `call.id` among the sources, to tie our output and logs to VAPI's call."""
-    for source in sources:
-        call = source.get("call")
-        if isinstance(call, dict) and isinstance(call.get("id"), str):
-            return call["id"]
+def _call_id(payload: dict[str, Any]) -> str | None:
+    """The payload's `call.id`, to tie our output and logs to VAPI's call."""
+    call = payload.get("call")
+    if isinstance(call, dict) and isinstance(call.get("id"), str):
+        return str(call["id"])
     return None
 
 
@@ -172,11 +180,11 @@ async def assistant_response(settings: Settings, client: OllamaClient) -> dict[s
 
 
 async def _hook_or_default(
-    tools: Tools, hook: str, message: dict[str, Any], settings: Settings, kind: str, call: str
+    tools: Tools, hook: str, message: ServerMessage, settings: Settings, kind: str, call: str
 ) -> tuple[Any, str | None]:
     """The hook's answer, NO_HOOK when it has none or returns None, or why it failed."""
     try:
-        value = await call_hook(tools, hook, settings.vapi_tool_timeout_s, message=message)
+        value = await call_hook(tools, hook, settings.vapi_tool_timeout_s, message=message.raw)
     except HookFailed as exc:
         log.error("%s call_id=%s: %s; refusing", kind, call, exc)
         return None, str(exc)
@@ -184,7 +192,7 @@ async def _hook_or_default(
 
 
 async def destination_response(
-    message: dict[str, Any],
+    message: ServerMessageTransferDestinationRequest | ServerMessageHandoffDestinationRequest,
     settings: Settings,
     *,
     kind: str,
@@ -197,7 +205,7 @@ async def destination_response(
     The hook goes first; when it returns None the setting is used. A whole answer (a dict with
     `destination`, plus VAPI's optional `message`, `result` or `error`) is passed as it is.
     """
-    call = _call_id(message) or "-"
+    call = message.call_id or "-"
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, hook, message, settings, kind, call)
     if failed:
@@ -217,7 +225,9 @@ async def destination_response(
     return answer
 
 
-async def transfer_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def transfer_response(
+    message: ServerMessageTransferDestinationRequest, settings: Settings
+) -> dict[str, Any]:
     """transfer-destination-request: the `transfer_destination` hook, else the setting."""
     return await destination_response(
         message,
@@ -229,7 +239,9 @@ async def transfer_response(message: dict[str, Any], settings: Settings) -> dict
     )
 
 
-async def handoff_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def handoff_response(
+    message: ServerMessageHandoffDestinationRequest, settings: Settings
+) -> dict[str, Any]:
     """handoff-destination-request: the `handoff_destination` hook, else the setting."""
     # VAPI's docs refuse with an empty destination or an error; its schema requires the first.
     return await destination_response(
@@ -242,9 +254,11 @@ async def handoff_response(message: dict[str, Any], settings: Settings) -> dict[
     )
 
 
-async def endpointing_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def endpointing_response(
+    message: ServerMessageCallEndpointingRequest, settings: Settings
+) -> dict[str, Any]:
     """call.endpointing.request: `{"timeoutSeconds"}` from the hook, else the setting."""
-    kind, call = "call.endpointing.request", _call_id(message) or "-"
+    kind, call = message.type, message.call_id or "-"
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(
         tools, "endpointing_timeout", message, settings, kind, call
@@ -268,9 +282,11 @@ async def endpointing_response(message: dict[str, Any], settings: Settings) -> d
     return {"timeoutSeconds": float(value)}
 
 
-async def predial_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def predial_response(
+    message: ServerMessageCampaignPredial, settings: Settings
+) -> dict[str, Any]:
     """campaign.predial: `{"eligible"}` from the hook; without a yes, the contact is skipped."""
-    kind, call = "campaign.predial", _call_id(message) or "-"
+    kind, call = message.type, message.call_id or "-"
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, "campaign_predial", message, settings, kind, call)
     if failed:
@@ -284,64 +300,39 @@ async def predial_response(message: dict[str, Any], settings: Settings) -> dict[
     return {"eligible": value}
 
 
-def tool_call_list(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tool calls of a tool-calls message, from `toolCallList` or `toolWithToolCallList`."""
-    calls = [call for call in _list(message.get("toolCallList")) if isinstance(call, dict)]
-    if calls:
-        return calls
-    for item in _list(message.get("toolWithToolCallList")):
-        if isinstance(item, dict) and isinstance(item.get("toolCall"), dict):
-            # The item's own name is the fallback for a toolCall that does not repeat it.
-            function = item.get("function") if isinstance(item.get("function"), dict) else {}
-            calls.append({"name": item.get("name") or function.get("name"), **item["toolCall"]})
-    return calls
-
-
-def _name_and_arguments(call: dict[str, Any]) -> tuple[str, Any]:
-    """A call's tool name and raw arguments, wherever this VAPI payload version put them."""
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
-    name = function.get("name") or call.get("name") or ""
-    for source, key in ((function, "arguments"), (call, "arguments"), (call, "parameters")):
-        if key in source:
-            return str(name), source[key]
-    return str(name), None
-
-
-async def tool_calls_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def tool_calls_response(
+    message: ServerMessageToolCalls, settings: Settings
+) -> dict[str, Any]:
     """One result per tool call, in order; the calls run concurrently."""
     tools = await get_tools(settings.vapi_tools_module)
 
-    async def one(call: dict[str, Any]) -> dict[str, str]:
-        name, arguments = _name_and_arguments(call)
+    async def one(call: ToolCall) -> dict[str, str]:
+        name, arguments = call.name_and_arguments()
         outcome = await call_tool(tools, name, arguments, settings.vapi_tool_timeout_s)
-        return {"name": name, "toolCallId": str(call.get("id") or ""), **outcome}
+        return {"name": name, "toolCallId": str(call.id or ""), **outcome}
 
-    return {"results": list(await asyncio.gather(*map(one, tool_call_list(message))))}
+    return {"results": list(await asyncio.gather(*map(one, message.calls())))}
 
 
-async def function_call_response(message: dict[str, Any], settings: Settings) -> dict[str, str]:
+async def function_call_response(
+    message: ServerMessageFunctionCall, settings: Settings
+) -> dict[str, str]:
     """The legacy function-call answer: always `{"result": text}`, a failure's text included."""
     # The legacy form has no error field, and the model should still hear why a call failed.
-    function = message.get("functionCall") if isinstance(message.get("functionCall"), dict) else {}
-    name, arguments = _name_and_arguments(function)
+    name, arguments = message.function_call.name_and_arguments()
     tools = await get_tools(settings.vapi_tools_module)
     outcome = await call_tool(tools, name, arguments, settings.vapi_tool_timeout_s)
     return {"result": outcome.get("result", f"Error: {outcome.get('error')}")}
 
 
-async def knowledge_base_response(message: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def knowledge_base_response(
+    message: ServerMessageKnowledgeBaseRequest, settings: Settings
+) -> dict[str, Any]:
     """Documents from the tools module's `knowledge_base(query, messages)` hook, if any."""
-    messages = _list(message.get("messagesOpenAIFormatted")) or _list(message.get("messages"))
-    query = next(
-        (
-            str(turn.get("content") or turn.get("message") or "")
-            for turn in reversed(messages)
-            if isinstance(turn, dict) and turn.get("role") == "user"
-        ),
-        "",
-    )
     tools = await get_tools(settings.vapi_tools_module)
-    documents = await knowledge_base_documents(tools, query, messages, settings.vapi_tool_timeout_s)
+    documents = await knowledge_base_documents(
+        tools, message.query(), message.conversation(), settings.vapi_tool_timeout_s
+    )
     return {"documents": documents}
 
 
@@ -364,36 +355,37 @@ def acknowledge(kind: str, call_id: str | None, *sources: dict[str, Any]) -> dic
 
 
 async def message_response(
-    message: dict[str, Any],
+    message: ServerMessage,
     payload: dict[str, Any],
     call_id: str | None,
     settings: Settings,
     client: OllamaClient,
 ) -> dict[str, Any]:
-    """The body VAPI expects back for a server message, chosen by its `type`."""
-    match kind := message["type"]:
-        case "assistant-request":
+    """The body VAPI expects back for a server message, chosen by its type."""
+    match message:
+        case ServerMessageAssistantRequest():
             return await assistant_response(settings, client)
-        case "tool-calls":
+        case ServerMessageToolCalls():
             return await tool_calls_response(message, settings)
-        case "function-call":
+        case ServerMessageFunctionCall():
             return await function_call_response(message, settings)
-        case "transfer-destination-request":
+        case ServerMessageTransferDestinationRequest():
             return await transfer_response(message, settings)
-        case "knowledge-base-request":
+        case ServerMessageKnowledgeBaseRequest():
             return await knowledge_base_response(message, settings)
-        case "handoff-destination-request":
+        case ServerMessageHandoffDestinationRequest():
             return await handoff_response(message, settings)
-        case "call.endpointing.request":
+        case ServerMessageCallEndpointingRequest():
             return await endpointing_response(message, settings)
-        case "campaign.predial":
+        case ServerMessageCampaignPredial():
             return await predial_response(message, settings)
-        case "voice-request":
+        case ServerMessageVoiceRequest():
             # VAPI wants raw PCM here; an error at least says why there is none.
             log.error("voice-request call_id=%s: %s", call_id or "-", NO_SPEECH)
             return {"error": NO_SPEECH}
         case _:
-            return acknowledge(kind, call_id, message, payload)
+            # Informational, or a type newer than this worker: VAPI needs no more than {}.
+            return acknowledge(message.type, call_id, message.raw, payload)
 
 
 async def run_vapi(
@@ -410,11 +402,12 @@ async def run_vapi(
         method=job.method,
         url=job.url,
     )
-    message = payload.get("message")
-    if isinstance(message, dict) and isinstance(message.get("type"), str):
-        call_id = _call_id(message, payload)
+    raw = payload.get("message")
+    if isinstance(raw, dict) and isinstance(raw.get("type"), str):
+        message = parse_server_message(raw)
+        call_id = message.call_id or _call_id(payload)
         response = await message_response(message, payload, call_id, settings, client)
-        yield {"response": response, "message_type": message["type"], "call_id": call_id}
+        yield {"response": response, "message_type": message.type, "call_id": call_id}
         return
     if not isinstance(payload.get("messages"), list):
         raise WorkerError(

@@ -124,7 +124,7 @@ def _fields(raw: dict[str, Any], known: dict[str, tuple[str, type]], kind: str) 
         if not isinstance(value, kind_of):
             wanted = "boolean" if kind_of is bool else "string"
             raise ValueError(f"`{name}` must be a JSON {wanted}")
-        if kind_of is str and name.endswith("Header") and not HEADER_NAME.fullmatch(value):
+        if isinstance(value, str) and name.endswith("Header") and not HEADER_NAME.fullmatch(value):
             raise ValueError(f"`{name}` {value!r} is not a header name")
         values[attribute] = value
     return values

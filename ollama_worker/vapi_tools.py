@@ -54,9 +54,9 @@ def _is_tool(module: Any, name: str, value: Any) -> bool:
         return False
     exported = getattr(module, "__all__", None)
     if exported is not None:
-        return name in exported
+        return bool(name in exported)
     # Names the module merely imports (`from datetime import datetime`) are not tools.
-    return getattr(value, "__module__", None) == module.__name__
+    return bool(getattr(value, "__module__", None) == module.__name__)
 
 
 @functools.cache

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The worker's own rule for "is this model installed" (standard library only, fast to import).
 sys.path.insert(0, str(REPO))
 from ollama_worker.boot import is_installed  # noqa: E402
+from ollama_worker.config import DEFAULTS  # noqa: E402
 
 TESTS_JSON = REPO / ".runpod" / "tests.json"
 RUNPOD_API = "https://api.runpod.ai/v2"
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target.add_argument("--endpoint-id", help="a deployed RunPod endpoint (uses RUNPOD_API_KEY)")
     parser.add_argument(
         "--model",
-        default=os.environ.get("DEFAULT_MODEL", "voice-assistant"),
+        default=os.environ.get("DEFAULT_MODEL", DEFAULTS.default_model),
         help="the default model health must list (if health does not name one)",
     )
     parser.add_argument("--tests", type=Path, default=TESTS_JSON, help="tests.json to run")

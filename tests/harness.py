@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ollama_worker.config import DEFAULTS
 from tests.fake_runpod import FakeRunPod, JobRecord, clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,7 +205,7 @@ class DeployedWorker:
                 "PYTHON": sys.executable,
                 "OLLAMA_HOST": f"127.0.0.1:{self.ollama_port}",
                 "OLLAMA_MODELS": str(models),
-                "FAKE_OLLAMA_MODELS": "voice-assistant:latest",
+                "FAKE_OLLAMA_MODELS": f"{DEFAULTS.default_model}:latest",
                 "OLLAMA_BOOT_TIMEOUT_S": "30",
             }
         self.env = {

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from ollama_worker import boot
+from ollama_worker.config import DEFAULTS
 from tests.fake_ollama import FakeOllama
 from tests.harness import tagged_processes
 
@@ -286,6 +287,28 @@ def test_normalise_model(name: str, canonical: str) -> None:
     assert boot.normalise_model(name) == canonical
 
 
+def test_the_bake_compares_model_names_by_the_workers_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ollama_boot.sh bake` asks `boot among` whether DEFAULT_MODEL is one of PULL_MODELS."""
+    among = ("among", "Llama3.1:8B", "qwen2.5:0.5b", "registry.ollama.ai/library/llama3.1:8b")
+    assert _cli(monkeypatch, "127.0.0.1:9", *among) == 0
+    assert _cli(monkeypatch, "127.0.0.1:9", "among", "voice-assistant", "llama3.1:8b") == 1
+    assert _cli(monkeypatch, "127.0.0.1:9", "among", "voice-assistant") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"error": "model \'x\' not found"}', "model 'x' not found"),
+        ('{"error": {"message": "bad request", "type": "api_error"}}', "bad request"),
+        ('{"error": ""}', None),
+        ("[1]", None),
+        ("502 Bad Gateway", None),
+    ],
+)
+def test_one_reading_of_ollamas_error_bodies(body: str, message: str | None) -> None:
+    assert boot.ollama_error_message(body) == message
+
+
 def test_installed_models_and_require_model(fake: FakeOllama) -> None:
     assert set(map(boot.normalise_model, boot.installed_models(fake.url))) == {
         "llama3.1:8b",
@@ -489,11 +512,11 @@ def test_bake_pulls_creates_and_stops(make_boot: Any) -> None:
     assert ["pull", "llama3.1:8b"] in verbs, calls
     assert ["pull", "qwen2.5:0.5b"] in verbs, calls
     creates = [v for v in verbs if v[:1] == ["create"]]
-    assert creates == [["create", "voice-assistant", "-f", str(ROOT / "Modelfile")]], calls
+    assert creates == [["create", DEFAULTS.default_model, "-f", str(ROOT / "Modelfile")]], calls
     assert set(run.persisted_models()) >= {
         "llama3.1:8b",
         "qwen2.5:0.5b",
-        "voice-assistant:latest",
+        f"{DEFAULTS.default_model}:latest",
     }
     assert not listening(run.ollama_port), "bake left ollama serve running"
     assert "[ollama] " in run.log()

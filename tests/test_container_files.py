@@ -6,6 +6,7 @@ a broken image would otherwise reveal only after a 5 GB build.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -18,16 +19,19 @@ from typing import Any
 
 import pytest
 
+from ollama_worker.config import DEFAULTS, Settings, declared, names
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 BOOT_SCRIPT = ROOT / "ollama_boot.sh"
 MODELFILE = ROOT / "Modelfile"
 HUB_JSON = ROOT / ".runpod" / "hub.json"
 TESTS_JSON = ROOT / ".runpod" / "tests.json"
-CONFIG_PY = ROOT / "ollama_worker" / "config.py"
 
 # Set by RunPod itself on every worker: a Hub input with an empty default would override it.
 PLATFORM_ENV = {"RUNPOD_ENDPOINT_ID"}
+# Set by the boot script for the handler (from OLLAMA_BOOT_TIMEOUT_S), never by hand.
+BOOT_SET_ENV = {"WORKER_WAIT_FOR_OLLAMA_S"}
 # Read by the Ollama server or the boot script rather than config.py, yet worth exposing.
 SERVER_ENV = {
     "OLLAMA_NUM_PARALLEL",
@@ -111,6 +115,9 @@ def test_dockerfile_is_hadolint_clean() -> None:
 def test_base_image_is_pinned_ollama() -> None:
     instructions = _instructions()
     image = next(args for kw, args in instructions if kw == "FROM").split()[0]
+    # The tag may be a build argument (OLLAMA_VERSION): what ships is its default.
+    for arg, default in _arg_defaults(instructions).items():
+        image = image.replace(f"${{{arg}}}", default)
     name, _, tag = image.partition(":")
     assert name == "ollama/ollama"
     assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin a release tag, not {tag or 'latest'!r}"
@@ -212,16 +219,12 @@ def test_modelfile_base_is_the_default_pulled_model() -> None:
     assert len(froms) == 1, froms
     pulled = _arg_defaults(_instructions())["PULL_MODELS"].replace(",", " ").split()
     assert froms[0] in pulled, f"Modelfile FROM {froms[0]} is not pulled by the build {pulled}"
-    config_default = re.search(r'_env_str\("PULL_MODELS", "([^"]*)"\)', CONFIG_PY.read_text())
-    assert config_default, "config.py no longer reads PULL_MODELS as expected"
-    assert froms[0] in config_default.group(1).replace(",", " ").split()
+    assert froms[0] in names(declared("PULL_MODELS").default)
 
 
 def test_default_model_agrees_everywhere() -> None:
     dockerfile_default = _arg_defaults(_instructions())["DEFAULT_MODEL"]
-    config_default = re.search(r'_env_str\("DEFAULT_MODEL", "([^"]*)"\)', CONFIG_PY.read_text())
-    assert config_default
-    assert dockerfile_default == config_default.group(1)
+    assert dockerfile_default == DEFAULTS.default_model
     hub_env = {e["key"]: e["input"] for e in json.loads(HUB_JSON.read_text())["config"]["env"]}
     assert hub_env["DEFAULT_MODEL"]["default"] == dockerfile_default
 
@@ -239,11 +242,10 @@ def test_dockerignore_keeps_dev_files_out() -> None:
 
 
 def _config_env_names() -> set[str]:
-    source = CONFIG_PY.read_text(encoding="utf-8")
-    names = set(re.findall(r'os\.environ\.get\(\s*"([A-Z0-9_]+)"', source))
-    names |= set(re.findall(r'_env_\w+\(\s*"([A-Z0-9_]+)"', source))
+    """What `Settings.from_env` reads: every field's variable, and Ollama's parallelism."""
+    names = {field.metadata["setting"].env for field in dataclasses.fields(Settings)}
     assert len(names) > 10, f"found too few env names in config.py: {names}"
-    return names
+    return names | {"OLLAMA_NUM_PARALLEL"}
 
 
 def test_hub_json_lists_every_env_var_the_worker_reads() -> None:
@@ -258,7 +260,7 @@ def test_hub_json_lists_every_env_var_the_worker_reads() -> None:
     assert config["allowedCudaVersions"]
     keys = [entry["key"] for entry in config["env"]]
     assert len(keys) == len(set(keys)), "duplicate env keys"
-    missing = (_config_env_names() | SERVER_ENV) - PLATFORM_ENV - set(keys)
+    missing = (_config_env_names() | SERVER_ENV) - PLATFORM_ENV - BOOT_SET_ENV - set(keys)
     assert not missing, f"hub.json lacks inputs for {sorted(missing)}"
     assert not PLATFORM_ENV & set(keys), "never let the Hub override RunPod's own variables"
     for entry in config["env"]:
@@ -270,8 +272,6 @@ def test_hub_json_lists_every_env_var_the_worker_reads() -> None:
 
 
 def test_hub_defaults_are_the_workers_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ollama_worker.config import Settings
-
     env = json.loads(HUB_JSON.read_text(encoding="utf-8"))["config"]["env"]
     names = {entry["key"] for entry in env} | _config_env_names()
     for name in names:

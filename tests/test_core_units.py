@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 from ollama._client import _parse_host
 
 from ollama_worker.chat import chat_request
-from ollama_worker.config import ConfigError, Settings, ollama_base_url
+from ollama_worker.config import DEFAULTS, ConfigError, Settings, ollama_base_url
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient, is_retryable, to_worker_error
 from ollama_worker.openai_route import run_openai
@@ -209,8 +210,9 @@ def test_settings_defaults_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> No
     for name in ("MAX_CONCURRENCY", "OLLAMA_NUM_PARALLEL", "OLLAMA_RETRY_DEADLINE_S"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings.from_env()
-    assert (settings.max_concurrency, settings.retry_deadline_s) == (4, 60.0)
-    assert settings.request_timeout_s == 300.0
+    # Unset, each is its declared default (the registry's, so a default changes in one place).
+    for name in ("max_concurrency", "retry_deadline_s", "request_timeout_s"):
+        assert getattr(settings, name) == getattr(DEFAULTS, name), name
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "8")
     assert Settings.from_env().max_concurrency == 8
     monkeypatch.setenv("MAX_CONCURRENCY", "3")
@@ -442,6 +444,20 @@ async def openai_items(responder: Responder, body: dict[str, object]) -> tuple[l
 
 
 STREAM = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def test_an_openai_body_over_the_input_limit_is_refused_before_ollama() -> None:
+    sent: list[httpx.Request] = []
+    client = client_with(lambda request: sent.append(request) or chat_reply())
+    settings = dataclasses.replace(client.settings, max_input_chars=10)
+    body = {"messages": [{"role": "user", "content": "x" * 6}], "prompt": "y" * 5}
+    with pytest.raises(WorkerError) as caught:
+        async for _ in run_openai("/v1/chat/completions", body, client, settings):
+            pass
+    assert str(caught.value) == (
+        "INVALID_INPUT: message text is 11 characters; the limit is 10 (MAX_INPUT_CHARS)"
+    )
+    assert sent == []
 
 
 async def test_a_whole_openai_stream_passes_through() -> None:

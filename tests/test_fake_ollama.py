@@ -35,6 +35,7 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scripts.real_ollama import pinned_version
 from tests.fake_ollama import (
     BUSY_ERROR,
     VERSION,
@@ -179,11 +180,8 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 
 
 def pinned_ollama_version() -> str:
-    """The Ollama release the Dockerfile's FROM line pins."""
-    for line in (REPO_ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("FROM ollama/ollama:"):
-            return line.split(":", 1)[1].split()[0]
-    raise AssertionError("the Dockerfile pins no ollama/ollama image")
+    """The Ollama release the Dockerfile ships (its ARG OLLAMA_VERSION default)."""
+    return pinned_version()
 
 
 def install_thinkers(fake: FakeOllama) -> None:
