@@ -280,7 +280,7 @@ def _real_stream(ax: Axes, real: dict[str, Any]) -> None:
     ax.set_ylim(0, max(streams[key]["ttft"]["p95_ms"] for key in paths) * 1.3)
     ax.set(
         ylabel="ms to the first token",
-        title=f"Real Ollama {real['ollama_version']} (CPU, Gemma 3 270M): "
+        title=f"Real Ollama {real['ollama_version']}, CPU, 270M: "
         f"{streams['job']['max_tokens']}-token stream",
     )
     ax.legend(loc="upper left", ncols=2, fontsize=10)
