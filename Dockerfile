@@ -51,12 +51,12 @@ COPY ollama_worker/__init__.py ollama_worker/config.py ollama_worker/boot.py ./o
 RUN ./ollama_boot.sh bake
 
 # The handler code, last: editing it does not invalidate the model layer above.
-COPY rp_handler.py ./
+COPY rp_handler.py http_server.py ./
 COPY ollama_worker/ ./ollama_worker/
 # The example VAPI tools, so VAPI_TOOLS_MODULE=examples.vapi_tools works out of the box.
 COPY examples/ ./examples/
 # Compiled now so no cold start spends time compiling it (pip did the same for the deps).
-RUN /opt/venv/bin/python -m compileall -q rp_handler.py ollama_worker examples
+RUN /opt/venv/bin/python -m compileall -q rp_handler.py http_server.py ollama_worker examples
 
 # The base image's ENTRYPOINT is /bin/ollama; ours starts Ollama and the handler and
 # passes its arguments to the handler (e.g. `docker run IMAGE --rp_serve_api`).

@@ -19,6 +19,11 @@ boot_timeout=${OLLAMA_BOOT_TIMEOUT_S:-120}
 default_model=${DEFAULT_MODEL:-voice-assistant}
 pull_on_boot=${OLLAMA_PULL_ON_BOOT:-}
 modelfile=${MODELFILE:-$worker_dir/Modelfile}
+# queue: the RunPod job worker (rp_handler.py); http: a load-balancing endpoint's HTTP server
+# (http_server.py), which answers its health check 204 until the boot below is done.
+worker_mode=${WORKER_MODE:-queue}
+worker_mode=${worker_mode,,}
+ready_file=''
 # On SIGTERM the handler stops taking jobs and gives those in flight WORKER_STOP_GRACE_S to
 # finish and report (it fails the rest itself); it gets one second more before SIGKILL. Only
 # then is Ollama stopped, with its own TERM -> KILL grace. 5 + 1 + 2, and at most 1 s for the
@@ -102,6 +107,7 @@ stop_all() {
   wait_for_exit 1 "$prefix_pid"
   stop_pids 1 "$prefix_pid"
   prefix_pid=''
+  if [[ -n $ready_file ]]; then rm -f "$ready_file"; fi
 }
 
 on_exit() {
@@ -166,14 +172,29 @@ bake() {
 }
 
 start_handler() {
-  WORKER_WAIT_FOR_OLLAMA_S=${WORKER_WAIT_FOR_OLLAMA_S:-$boot_timeout} \
-    "${detach[@]}" "$python" "$worker_dir/rp_handler.py" "$@" &
+  if [[ $worker_mode == http ]]; then
+    "${detach[@]}" "$python" "$worker_dir/http_server.py" --ready-file "$ready_file" "$@" &
+  else
+    WORKER_WAIT_FOR_OLLAMA_S=${WORKER_WAIT_FOR_OLLAMA_S:-$boot_timeout} \
+      "${detach[@]}" "$python" "$worker_dir/rp_handler.py" "$@" &
+  fi
   handler_pid=$!
   log "started the handler (pid $handler_pid)"
 }
 
 run() {
   local done_pid status defer_handler='' importing=''
+  case $worker_mode in
+  queue) ;;
+  http)
+    # The HTTP server's health check turns 200 only once this exists: the preload is done.
+    ready_file=$(mktemp -u -t ollama-worker-ready.XXXXXX)
+    ;;
+  *)
+    log "WORKER_MODE=$worker_mode is not a mode: use queue (the default, a queue endpoint) or http (a load-balancing endpoint)"
+    exit 2
+    ;;
+  esac
   start_ollama
   # The handler's imports (~2 s) overlap Ollama's start; it takes jobs only once Ollama
   # answers. Meanwhile the boot helper checks the model and preloads it, so a job that
@@ -185,6 +206,9 @@ run() {
   1 | true | yes | on) defer_handler=1 ;;
   *) if [[ -n ${HF_MODEL:-} ]]; then importing=import; else start_handler "$@"; fi ;;
   esac
+  # The HTTP server is the exception to both: it must answer its health check (204) through
+  # a pull or an import too, or RunPod counts the worker as unreachable.
+  if [[ $worker_mode == http && -z $handler_pid ]]; then start_handler "$@"; fi
   "$python" -m ollama_worker.boot "${importing:-ready}" --pid "$ollama_pid" &
   boot_pid=$!
 
@@ -205,13 +229,14 @@ run() {
       fi
       if [[ -n $importing ]]; then
         importing='' defer_handler=''
-        start_handler "$@"
+        if [[ -z $handler_pid ]]; then start_handler "$@"; fi
         HF_MODEL='' "$python" -m ollama_worker.boot ready --pid "$ollama_pid" &
         boot_pid=$!
         continue
       fi
       log "ready: $default_model is loaded"
-      if [[ -n $defer_handler ]]; then start_handler "$@"; fi
+      if [[ -n $ready_file ]]; then : >"$ready_file"; fi
+      if [[ -n $defer_handler && -z $handler_pid ]]; then start_handler "$@"; fi
     elif [[ $done_pid == "$ollama_pid" ]]; then
       # ollama_pid stays set: its group may still hold an `ollama runner`, which has no
       # parent-death signal and would outlive us unless stop_all signals the group.

@@ -22,6 +22,7 @@ from bench import (
     concurrency,
     deployed,
     deployed_cold_start,
+    http_mode,
     memory,
     model_cache,
     overhead,
@@ -50,13 +51,16 @@ class Sizes:
     memory_jobs: int
     memory_warmup: int
     deployed: deployed.Sizes
+    http_mode: http_mode.Sizes
     real: real.Sizes
     # Rounds of (a later HF_MODEL boot, the baked model) with the real Ollama; 0 skips them.
     model_cache_boots: int
 
 
-FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, real.FULL, 3)
-QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, real.QUICK, 0)
+FULL = Sizes(
+    3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, http_mode.FULL, real.FULL, 3
+)
+QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, http_mode.QUICK, real.QUICK, 0)
 # The groups `--only` selects: the stand-in's measurements (with the model cache's boots), and
 # the real Ollama's streams and cold starts (keys real.*).
 GROUPS = ("stand-in", "real")
@@ -121,6 +125,8 @@ def run_stand_in(
     try:
         progress("deployed: our worker and the per-chunk reference, production loop")
         keep("deployed", deployed.measure(stand_in.wait_ready(), sizes.deployed), deployed_figures)
+        progress("http mode (a load-balancing endpoint) beside the queue worker and Ollama")
+        keep("http_mode", http_mode.measure(stand_in, sizes.http_mode), deployed_figures)
         progress("starting our worker and the minimal reference handler under the local API")
         env = worker_env(stand_in)
         ours = WorkerProcess(env)

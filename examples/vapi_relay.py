@@ -49,12 +49,29 @@ async def vapi(request: Request) -> JSONResponse:
     api_key = os.environ.get("RUNPOD_API_KEY")
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # a local worker needs none
     # VAPI gives up on assistant-request after 7.5 s; tool calls may take longer.
-    async with httpx.AsyncClient(timeout=30) as client:
-        reply = (await client.post(runsync_url(), json={"input": job}, headers=auth)).json()
-    output = reply.get("output") or [{"error": f"job {reply.get('status')} with no output"}]
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sent = await client.post(runsync_url(), json={"input": job}, headers=auth)
+        reply = sent.json()
+    except httpx.HTTPError as exc:  # unreachable, timed out, cut off
+        return _bad_gateway(f"RunPod could not be reached ({type(exc).__name__})")
+    except ValueError:
+        return _bad_gateway(f"RunPod answered HTTP {sent.status_code} with a body that is not JSON")
+    if not isinstance(reply, dict):
+        return _bad_gateway(f"RunPod answered HTTP {sent.status_code} with no job")
+    output = reply.get("output")
+    if not isinstance(output, list) or not output or not isinstance(output[-1], dict):
+        output = [{"error": f"job {reply.get('status')} with no output"}]
     # A deployed endpoint fails the job; the local API keeps the error item in `output`.
     error = reply.get("error") or output[-1].get("error")
     if error:
         status = 401 if str(error).startswith("UNAUTHORIZED") else 502
         return JSONResponse({"error": str(error)}, status_code=status)
+    if "response" not in output[0]:
+        return _bad_gateway("the job's output has no `response`")
     return JSONResponse(output[0]["response"])
+
+
+def _bad_gateway(why: str) -> JSONResponse:
+    """VAPI's error answer for a RunPod that failed us: `{"error"}` with 502."""
+    return JSONResponse({"error": why}, status_code=502)

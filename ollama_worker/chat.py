@@ -122,6 +122,11 @@ async def run_chat(
     try:
         if not job.stream:
             reply = await client.chat(request)
+            if not reply.done:  # 0.12.10 answers its zero ChatResponse when the runner sent none
+                raise WorkerError(
+                    ErrorCode.OLLAMA_ERROR,
+                    "Ollama's reply ended before it was done (its log says why); retry the job",
+                )
             yield {
                 "model": reply.model,
                 "message": assistant_message(reply.message),
@@ -133,6 +138,11 @@ async def run_chat(
         # Closed on any way out, so the connection goes back to the pool at once.
         async with closing(client.chat_stream(request)) as chunks:
             async for chunk in chunks:
+                message = assistant_message(chunk.message)
+                # Ollama may put text in the final chunk too: with `tools`, 0.12's ChatHandler
+                # holds back what its tool parser might still need and sends it there.
+                if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
+                    yield {"message": message, "done": False}
                 if chunk.done:
                     yield {
                         "done": True,
@@ -142,9 +152,6 @@ async def run_chat(
                         "timings": timings(chunk),
                     }
                     return
-                message = assistant_message(chunk.message)
-                if len(message) > 2 or message["content"]:  # skip chunks that carry nothing
-                    yield {"message": message, "done": False}
     except WorkerError as exc:
         if exc.code is ErrorCode.MODEL_NOT_FOUND:
             raise await client.model_not_found(request["model"]) from exc

@@ -104,6 +104,34 @@ def optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
     return lambda raw: parse(raw) if raw else None
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    """One of `choices`, in any case."""
+
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(f"is not one of {', '.join(choices)}")
+        return raw.lower()
+
+    return parse
+
+
+def tcp_port(raw: str) -> int:
+    """A TCP port, 1 to 65535; 0 for unset (where another setting stands in)."""
+    if not raw:
+        return 0
+    port = whole(1)(raw)
+    if port > 65535:
+        raise ValueError("is not a TCP port (1 to 65535)")
+    return port
+
+
+def url_path(raw: str) -> str:
+    """A URL path: it starts with a slash."""
+    if not raw.startswith("/"):
+        raise ValueError("must start with /")
+    return raw
+
+
 def share(raw: str) -> float:
     """A share from 0 to 1."""
     value = number(0.0)(raw)
@@ -211,6 +239,8 @@ class Setting:
     hub_text: str = ""
     advanced: bool = True
     options: tuple[str, ...] = ()
+    # "lb": an input of the load-balancing listing (.runpod/hub-lb.json) only.
+    listing: Literal["any", "lb"] = "any"
     # What the Dockerfile's ENV sets it to, when it does.
     image: str | None = None
     # The README's default column, when the default alone would not say it right.
@@ -459,13 +489,47 @@ class Settings:
         kind="number",
         hub_text="Jobs whose messages hold more characters than this are refused.",
     )
+    # --- hostile input (issue 16): how much a caller may send, and what it may set ---
+    max_image_bytes: int = setting(
+        "MAX_IMAGE_BYTES",
+        "20000000",
+        "the most image data (decoded bytes, all images together) a chat job may carry",
+        whole(0),
+        hub="Max image bytes",
+        kind="number",
+        hub_text="Chat jobs whose images decode to more bytes than this are refused.",
+    )
+    caller_options: tuple[str, ...] = setting(
+        "CALLER_OPTIONS",
+        "",
+        "names beyond the sampling options a caller may set, comma or space separated: Ollama"
+        " load-time options (`num_ctx`, `num_batch`, `num_gpu`, `main_gpu`, `use_mmap`,"
+        " `num_thread`) and `keep_alive`. Each lets any caller reload or unload the model every"
+        " job shares",
+        names,
+        hub="Caller options",
+        hub_text="Ollama options beyond sampling that callers may set (e.g. num_ctx,keep_alive)."
+        " Each lets any caller reload or unload the model every job shares; empty refuses them.",
+    )
+    max_num_ctx: int = setting(
+        "MAX_NUM_CTX",
+        "32768",
+        "the largest `options.num_ctx` a caller may ask for, when `CALLER_OPTIONS` allows"
+        " `num_ctx`",
+        whole(1),
+        hub="Max caller num_ctx",
+        kind="number",
+        hub_text="The largest context a caller may ask for when CALLER_OPTIONS allows num_ctx.",
+    )
     log_level: str = setting(
         "LOG_LEVEL",
         "INFO",
         "the log level of the worker, RunPod's SDK (unless `RUNPOD_LOG_LEVEL` is set) and httpx:"
         " `DEBUG`, `INFO`, `WARNING` or `ERROR`. At `INFO` and above the log holds one line per"
         " job (id, kind, items, time) and never message text, replies, tool arguments or"
-        " secrets; `DEBUG` shows the SDK's every item and httpx's every request",
+        " secrets; a caller's value in a line (a job's `type`, a VAPI call id) is JSON-quoted and"
+        " cut unless it is a plain token, so no newline can start a forged line; `DEBUG` shows"
+        " the SDK's every item and httpx's every request",
         log_level,
         hub="Log level",
         hub_text="Handler log level.",
@@ -653,7 +717,8 @@ class Settings:
         hub="VAPI custom LLM URL",
         hub_text="Custom-LLM URL of the assistant generated for assistant-request messages;"
         " empty means this endpoint's https://api.runpod.ai/v2/<RUNPOD_ENDPOINT_ID>/openai/v1.",
-        shown="`https://api.runpod.ai/v2/$RUNPOD_ENDPOINT_ID/openai/v1`",
+        shown="`https://api.runpod.ai/v2/$RUNPOD_ENDPOINT_ID/openai/v1`; in HTTP mode"
+        " `https://$RUNPOD_ENDPOINT_ID.api.runpod.ai/v1`",
     )
     vapi_first_message: str = setting(
         "VAPI_FIRST_MESSAGE",
@@ -678,6 +743,18 @@ class Settings:
         hub="VAPI tool timeout (s)",
         kind="number",
         hub_text="Longest a single tool call may run before it answers with an error.",
+    )
+    vapi_tool_threads: int = setting(
+        "VAPI_TOOL_THREADS",
+        "4",
+        "threads for sync tools and hooks, their own (DNS and the rest of the worker never wait"
+        " for them); a sync tool keeps its thread until it returns, even past its timeout, and a"
+        " call that finds every thread taken fails at once with an error for that call",
+        whole(1),
+        hub="VAPI tool threads",
+        kind="number",
+        hub_text="How many sync VAPI tools may run at once; a call that finds them all busy"
+        " fails at once with an error for that call.",
     )
     vapi_transfer_destination: str = setting(
         "VAPI_TRANSFER_DESTINATION",
@@ -716,6 +793,71 @@ class Settings:
         "used for the default custom-LLM URL (and by the relay)",
         shown="set by RunPod",
     )
+    # HTTP mode (WORKER_MODE=http, a RunPod load-balancing endpoint; see http_mode.py). PORT,
+    # PORT_HEALTH and HEALTH_CHECK_PATH are RunPod's own names and defaults.
+    worker_mode: str = setting(
+        "WORKER_MODE",
+        "queue",
+        "`queue`: the RunPod job worker; `http`: a load-balancing endpoint's HTTP server (see"
+        " [Load-balancing endpoint](#load-balancing-endpoint-vapi-straight-to-the-worker)); any"
+        " other value stops the boot (exit 2)",
+        one_of("queue", "http"),
+    )
+    http_port: int = setting(
+        "PORT",
+        "80",
+        "HTTP mode: the port the server listens on (RunPod's own variable)",
+        tcp_port,
+    )
+    http_health_port: int = setting(
+        "PORT_HEALTH",
+        "",
+        "HTTP mode: the port of the health check; when it differs from `PORT`, a second listener"
+        " that serves only the health check (RunPod's own variable)",
+        tcp_port,
+        shown="`PORT`",
+    )
+    health_check_path: str = setting(
+        "HEALTH_CHECK_PATH",
+        "/ping",
+        "HTTP mode: the health check's path (RunPod's own variable)",
+        url_path,
+    )
+    http_host: str = setting(
+        "WORKER_HTTP_HOST",
+        "0.0.0.0",
+        "HTTP mode: the address to listen on (RunPod reaches the worker on every interface; the"
+        " tests use 127.0.0.1)",
+    )
+    http_queue_timeout_s: float = setting(
+        "HTTP_QUEUE_TIMEOUT_S",
+        "5",
+        "HTTP mode: how long a generation waits for one of the `MAX_CONCURRENCY` slots before"
+        " 429 `WORKER_BUSY`",
+        number(0.0),
+        hub="Wait for a free slot (s)",
+        kind="number",
+        hub_text="How long a generation request waits for one of the MAX_CONCURRENCY slots"
+        " before it is answered 429 (Retry-After: 1), so that an overloaded worker answers fast"
+        " instead of holding calls.",
+        listing="lb",
+    )
+    http_max_body_bytes: int = setting(
+        "HTTP_MAX_BODY_BYTES",
+        "31457280",
+        "HTTP mode: larger request bodies get 413 (30 MiB; RunPod's load balancer allows 30 MB)",
+        whole(1),
+        hub="Max request body (bytes)",
+        kind="number",
+        hub_text="Requests with a larger body are refused with 413 (RunPod's load balancer"
+        " allows 30 MB).",
+        listing="lb",
+    )
+
+    @property
+    def health_port(self) -> int:
+        """The health check's port: PORT_HEALTH, or PORT when unset (RunPod's rule)."""
+        return self.http_health_port or self.http_port
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -5,9 +5,16 @@ runpod 1.12.0's `JobScaler` looks at its job queue every 0.1 s when idle (a job 
 and on SIGTERM only sets a flag that its open long-polls (90 s each) must notice. Here the
 same jobs are taken and run on events instead: a job starts the moment it is taken, a freed
 slot asks for the next job at once, and a stop ends the polls at once and gives the jobs in
-flight a grace to finish. Everything else is the SDK's own code: `get_job` and
+flight a grace to finish. Everything else is the SDK's own code: `get_job`'s request and
 `get_stop_signals` for the long-polls, `handle_job` for running a job and POSTing its items
 and result, `JobsProgress` for the job-in-progress flag and the heartbeat.
+
+Every job taken ends with exactly one job-done: a job-take answer that the SDK's JSON parse
+cannot read (one input nested past the recursion limit raises RecursionError and would drop
+the whole batch) is read job by job, and the one that cannot be read gets INVALID_INPUT; a job
+whose report failed (the SDK lets some exceptions of its result POST escape) gets INTERNAL;
+and a job whose job-done POST is in flight when the stop grace ends is left to finish it
+rather than stopped and answered twice.
 
 This leans on the SDK's internals, so it runs only on the exact SDK it was written for
 (`SDK_VERSION` and the source fingerprint below); on any other the stock loop runs, with an
@@ -20,12 +27,14 @@ import asyncio
 import concurrent.futures
 import hashlib
 import inspect
+import json
 import logging
+import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from ollama_worker.errors import ErrorCode, WorkerError
 
@@ -42,6 +51,85 @@ STOPPED_ERROR = WorkerError(
     "the worker was stopped before this job finished (it got WORKER_STOP_GRACE_S to finish); "
     "send the job again",
 )
+# The key parse_jobs marks a job with whose input it could not read, saying why.
+UNREADABLE = "_unreadable_input"
+UNREPORTED_ERROR = WorkerError(
+    ErrorCode.INTERNAL,
+    "the worker could not send this job's result to RunPod; the worker log has the details",
+)
+# How long a job-done POST already in flight when the stop grace ends may still take.
+REPORT_GRACE_S = 10.0
+# A JSON string, or one structural character: enough to find a container's children.
+JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def json_children(text: str) -> list[str]:
+    """The texts of the direct children of the JSON array or object `text` (`"key": value`
+    for an object), found by scanning, not parsing: however deep a child nests."""
+    depth, start, children = 0, 0, []
+    for match in JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth == 1:
+                start = match.end()
+        elif token in "]}":
+            depth -= 1
+            if depth == 0:
+                children.append(text[start : match.start()])
+                break
+        elif token == "," and depth == 1:
+            children.append(text[start : match.start()])
+            start = match.end()
+    return [child.strip() for child in children if child.strip()]
+
+
+def _job_id(text: str) -> str | None:
+    """The `id` member of a job object too deep to parse whole."""
+    decoder = json.JSONDecoder()
+    for member in json_children(text):
+        try:
+            key, end = decoder.raw_decode(member)
+            if key == "id":
+                value = json.loads(member[end:].lstrip().removeprefix(":"))
+                return value if isinstance(value, str) else None
+        except (ValueError, RecursionError):
+            continue
+    return None
+
+
+def parse_jobs(text: str) -> list[dict[str, Any]]:
+    """A job-take answer's jobs (one object, or a batch's list). A job that cannot be read
+    whole comes back as `{"id", "input": None, UNREADABLE: why}`, so that it can be
+    answered; an entry without an id cannot be, and is logged and left out."""
+    if not text.strip():
+        return []
+    texts: list[str | None]
+    try:
+        body = json.loads(text)
+        entries = body if isinstance(body, list) else [body]
+        texts = [None] * len(entries)
+    except RecursionError:  # some input nests past the limit: read the jobs one by one
+        stripped = text.lstrip()
+        parts = json_children(text) if stripped.startswith("[") else [stripped]
+        texts, entries = list(parts), []
+        for part in parts:
+            try:
+                entries.append(json.loads(part))
+            except (RecursionError, ValueError):
+                entries.append(None)
+    except ValueError as exc:
+        log.error("job loop: the job-take answer is not JSON (%s); no job taken", exc)
+        return []
+    jobs = []
+    for entry, entry_text in zip(entries, texts, strict=True):
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            jobs.append(entry)
+        elif entry is None and entry_text is not None and (job_id := _job_id(entry_text)):
+            jobs.append({"id": job_id, "input": None, UNREADABLE: "nests too deep to read"})
+        else:
+            log.error("job loop: a job-take entry has no string id; it cannot be answered")
+    return jobs
 
 
 def sdk_fingerprint() -> str:
@@ -92,7 +180,13 @@ def install(
 
             rp_fitness.register_fitness_check(ollama_ready)
         return False
+    from runpod.serverless.modules import rp_job
+
     scaler = _scaler_class()
+    # The SDK's handle_job sends every result through this name: tracked, so that a job whose
+    # job-done is in flight is never stopped and answered a second time.
+    if not getattr(rp_job.send_result, "tracks_reports", False):
+        rp_job.send_result = scaler.tracking(rp_job.send_result)
     scaler.ready = ready
     scaler.stop_grace_s = stop_grace_s
     scaler.warm_up = staticmethod(warm_up) if warm_up else None
@@ -104,8 +198,7 @@ def install(
 def _scaler_class() -> type[Any]:
     """The JobScaler subclass, built on first use so that importing this module stays cheap."""
     from runpod.http_client import AsyncClientSession, TooManyRequests
-    from runpod.serverless.modules import rp_scale
-    from runpod.serverless.modules.rp_http import send_result
+    from runpod.serverless.modules import rp_job, rp_scale
     from runpod.serverless.modules.rp_logger import _reset_batch_id, _set_batch_id
 
     class EventDrivenJobScaler(rp_scale.JobScaler):  # type: ignore[misc]
@@ -115,11 +208,48 @@ def _scaler_class() -> type[Any]:
         stop_grace_s: float = 5.0
         warm_up: Callable[[], Awaitable[object]] | None = None
         failed = False
+        # Jobs whose job-done POST has begun, and those whose POST returned.
+        reporting: ClassVar[set[str]] = set()
+        reported: ClassVar[set[str]] = set()
 
         def __init__(self, config: dict[str, Any]) -> None:
             super().__init__(config)
             self._slot_freed = asyncio.Event()
             self._jobs: dict[str, dict[str, Any]] = {}
+            self.jobs_fetcher = self.take_jobs
+
+        @classmethod
+        def tracking(cls, send: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            """`send` (the SDK's send_result), noting when each job's job-done goes out."""
+
+            async def send_result(
+                session: Any, job_data: dict[str, Any], job: dict[str, Any], is_stream: bool = False
+            ) -> None:
+                cls.reporting.add(job["id"])
+                await send(session, job_data, job, is_stream=is_stream)
+                cls.reported.add(job["id"])
+
+            send_result.tracks_reports = True  # type: ignore[attr-defined]
+            return send_result
+
+        @staticmethod
+        async def take_jobs(session: Any, count: int) -> list[dict[str, Any]]:
+            """rp_job.get_job's request and checks, with `parse_jobs` reading the answer."""
+            async with session.get(rp_job._job_get_url(count)) as response:
+                if response.status in (204, 400):  # no job; 400: FlashBoot, as get_job says
+                    return []
+                if response.status == 429:
+                    raise TooManyRequests(
+                        response.request_info,
+                        response.history,
+                        status=response.status,
+                        message=response.reason,
+                    )
+                response.raise_for_status()
+                if response.content_type != "application/json":
+                    log.error("job loop: job-take answered %s; no job taken", response.content_type)
+                    return []
+                return parse_jobs(await response.text())
 
         def start(self) -> None:
             """Run until stopped; the signal handlers live on the loop, so a stop wakes it."""
@@ -159,29 +289,70 @@ def _scaler_class() -> type[Any]:
                 await asyncio.wait({stops, stopping})
 
         async def _finish_jobs(self, session: Any) -> None:
-            """Give the jobs in flight the grace; fail those still running, so none is lost."""
-            running = set(self.jobs_tasks.values())
+            """Give the jobs in flight the grace; fail those still running, so none is lost.
+
+            A job whose job-done POST has begun is not stopped: its answer is on its way, and
+            a second one would contradict it. It gets REPORT_GRACE_S more to finish sending.
+            """
+            running = {task: job_id for job_id, task in self.jobs_tasks.items()}
             if not running:
                 return
             _done, late = await asyncio.wait(running, timeout=self.stop_grace_s)
             if not late:
                 log.info("job loop: every job in flight finished")
                 return
-            stopped = [
-                self._jobs[job_id] for job_id, task in self.jobs_tasks.items() if task in late
-            ]
-            for task in late:
+            sending = {task for task in late if running[task] in self.reporting}
+            stopped = [self._jobs[running[task]] for task in late - sending]
+            for task in late - sending:
                 task.cancel()
-            await asyncio.wait(late)
-            log.warning(
-                "job loop: %d job(s) still running after %g s failed with %s",
-                len(stopped),
-                self.stop_grace_s,
-                ErrorCode.WORKER_STOPPED,
+            if stopped:
+                await asyncio.wait(late - sending)
+                log.warning(
+                    "job loop: %d job(s) still running after %g s failed with %s",
+                    len(stopped),
+                    self.stop_grace_s,
+                    ErrorCode.WORKER_STOPPED,
+                )
+                await asyncio.gather(
+                    *(self._send(session, STOPPED_ERROR.as_output(), job) for job in stopped)
+                )
+            if sending:
+                _sent, stuck = await asyncio.wait(sending, timeout=REPORT_GRACE_S)
+                for task in stuck:
+                    log.error("job %s: its job-done POST did not finish; giving up", running[task])
+                    task.cancel()
+
+        async def _send(self, session: Any, result: dict[str, Any], job: dict[str, Any]) -> None:
+            """Post a job-done of ours, through the tracked send_result."""
+            await rp_job.send_result(session, result, job, True)
+
+        def _answer_unreadable(self, session: Any, job: dict[str, Any]) -> None:
+            """A job whose input could not be read: its INVALID_INPUT job-done, as a task."""
+            why = job[UNREADABLE]
+            log.warning("job %s: input %s; answered INVALID_INPUT", job["id"], why)
+            error = WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"the job's input {why} (JSON nested past Python's limit); send a flatter input",
             )
-            await asyncio.gather(
-                *(send_result(session, STOPPED_ERROR.as_output(), job, True) for job in stopped)
-            )
+
+            async def answer() -> None:
+                try:
+                    await self._send(session, error.as_output(), job)
+                finally:
+                    self._forget(job)
+
+            self.job_progress.add(job)
+            self._jobs[job["id"]] = job
+            self.jobs_tasks[job["id"]] = asyncio.create_task(answer())
+
+        def _forget(self, job: dict[str, Any]) -> None:
+            """The job is over: free its slot at once."""
+            self.job_progress.remove(job)
+            self.jobs_tasks.pop(job["id"], None)
+            self._jobs.pop(job["id"], None)
+            self.reporting.discard(job["id"])
+            self.reported.discard(job["id"])
+            self._slot_freed.set()
 
         async def _wait_until_ready(self) -> None:
             if self.ready is not None:
@@ -225,6 +396,9 @@ def _scaler_class() -> type[Any]:
                     self._start_job(session, job)
 
         def _start_job(self, session: Any, job: dict[str, Any]) -> None:
+            if UNREADABLE in job:
+                self._answer_unreadable(session, job)
+                return
             self.job_progress.add(job)
             self._jobs[job["id"]] = job
             self.jobs_tasks[job["id"]] = asyncio.create_task(self.handle_job(session, job))
@@ -245,11 +419,10 @@ def _scaler_class() -> type[Any]:
                 raise
             except Exception:
                 log.exception("job %s: the SDK failed to run or report it", job["id"])
+                if job["id"] not in self.reported:  # else RunPod has its answer already
+                    await self._send(session, UNREPORTED_ERROR.as_output(), job)
             finally:
-                self.job_progress.remove(job)
-                self.jobs_tasks.pop(job["id"], None)
-                self._jobs.pop(job["id"], None)
-                self._slot_freed.set()
+                self._forget(job)
                 _reset_batch_id(batch)
 
     return EventDrivenJobScaler

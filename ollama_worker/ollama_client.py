@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 import ollama
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,7 +28,7 @@ from tenacity import (
 
 from ollama_worker.boot import ollama_error_message, shares_in_gpu_memory
 from ollama_worker.config import Settings, get_settings
-from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.errors import ErrorCode, WorkerError, one_line
 from ollama_worker.streaming import close_iterator, closing
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,25 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Faults worth another try: Ollama not up yet, busy, or a connection failing before a reply."""
+    """Faults that cannot have started a generation: no connection, or a proxy's or a loading
+    Ollama's 502/503/504. A read timeout or a dropped connection may have started one, and a
+    retry would run that generation again from scratch."""
     if isinstance(exc, ollama.ResponseError):
         return exc.status_code in RETRYABLE_STATUSES
-    # The ollama client turns connect failures into the builtin ConnectionError; httpx's
-    # TransportError covers refused, reset, dropped and timed-out connections.
-    return isinstance(exc, ConnectionError | httpx.TransportError)
+    # The ollama client raises the builtin ConnectionError itself for httpx.ConnectError only
+    # (its subclasses, such as ConnectionResetError, come from elsewhere); a pool timeout
+    # never sent the request.
+    return type(exc) is ConnectionError or isinstance(
+        exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+    )
+
+
+# How much of Ollama's (or a proxy's) error text goes into a job's error line.
+ERROR_TEXT_LIMIT = 300
+
+
+class BadReply(Exception):
+    """Ollama's answer could not be read: not JSON, or not the object the route answers."""
 
 
 def to_worker_error(
@@ -94,8 +108,13 @@ def to_worker_error(
     if isinstance(exc, WorkerError):
         return exc
     where = "mid-stream, after the reply had begun" if mid_stream else "before replying"
+    if isinstance(exc, BadReply):
+        return WorkerError(
+            ErrorCode.OLLAMA_ERROR, f"Ollama's reply could not be read: {exc}; retry the job"
+        )
     if isinstance(exc, ollama.ResponseError):
-        status, text = exc.status_code, exc.error
+        # An HTML page from a proxy, or any long text: one short line.
+        status, text = exc.status_code, one_line(str(exc.error), ERROR_TEXT_LIMIT)
         if status == 404:
             return WorkerError(ErrorCode.MODEL_NOT_FOUND, text)
         if status == 400:
@@ -125,7 +144,8 @@ def to_worker_error(
             ErrorCode.OLLAMA_ERROR,
             f"the connection to Ollama broke {where} ({type(exc).__name__}: {exc}); retry the job",
         )
-    return WorkerError(ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}; see the worker log")
+    # run_job adds the job id and logs the cause under it.
+    return WorkerError(ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}")
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -133,7 +153,7 @@ def _log_retry(state: RetryCallState) -> None:
     log.warning(
         "Ollama call failed (%s: %s); retry %d in %.2f s",
         type(exc).__name__,
-        exc,
+        one_line(str(exc), ERROR_TEXT_LIMIT),
         state.attempt_number,
         state.upcoming_sleep,
     )
@@ -150,6 +170,48 @@ def retrying(deadline_s: float, *, max_wait_s: float = 2.0) -> AsyncRetrying:
     )
 
 
+def parse_reply(cls: type[T], text: str) -> T:
+    """One JSON object of Ollama's as `cls`; ResponseError for an `{"error"}` one, BadReply
+    for anything that is not such an object (a proxy's page, a cut or foreign line)."""
+    try:
+        part = json.loads(text)
+    except ValueError:
+        raise BadReply(f"not JSON ({one_line(text, 80)!r})") from None
+    if not isinstance(part, dict):
+        raise BadReply(f"a JSON {type(part).__name__}, not an object")
+    if error := part.get("error"):
+        raise ollama.ResponseError(json.dumps({"error": str(error)}))
+    try:
+        return cls(**part)
+    except (ValidationError, TypeError) as exc:
+        raise BadReply(f"not the object expected ({type(exc).__name__})") from None
+
+
+class NativeClient(ollama.AsyncClient):
+    """ollama-python's client with its replies read by `parse_reply`.
+
+    Its own reader lets a line that is not JSON, or JSON that is not an object, escape as
+    JSONDecodeError or AttributeError, and breaks on a blank line; this is its `_request`
+    (ollama 0.6.3) with the reading replaced, and only the reading.
+    """
+
+    async def _request(self, cls: type[T], *args: Any, stream: bool = False, **kwargs: Any) -> Any:
+        if not stream:
+            response = await self._request_raw(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return parse_reply(cls, response.text)
+
+        async def inner() -> AsyncIterator[T]:
+            async with self._client.stream(*args, **kwargs) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise ollama.ResponseError(response.text, response.status_code)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield parse_reply(cls, line)
+
+        return inner()
+
+
 class OllamaClient:
     """All of the worker's calls to Ollama; one per event loop, shared by every job on it."""
 
@@ -162,7 +224,7 @@ class OllamaClient:
             max_keepalive_connections=settings.max_concurrency + 4,
         )
         self._transport = httpx.AsyncHTTPTransport(limits=limits)
-        self.native = ollama.AsyncClient(
+        self.native = NativeClient(
             host=settings.ollama_url, timeout=timeout, transport=self._transport
         )
         self.http = httpx.AsyncClient(
@@ -196,6 +258,14 @@ class OllamaClient:
             items = open_stream()
             try:
                 return await anext(items), items
+            except StopAsyncIteration:
+                # Raised on, it would end tenacity's `async for` as if it were done.
+                await close_iterator(items)
+                raise WorkerError(
+                    ErrorCode.OLLAMA_ERROR,
+                    "Ollama answered with a stream that ended before its first line "
+                    "(its log says why); retry the job",
+                ) from None
             except BaseException:
                 await close_iterator(items)
                 raise
@@ -237,7 +307,7 @@ class OllamaClient:
         async def attempt() -> Any:
             response = await self.http.request(method, path, json=body)
             _raise_for_status(response)
-            return response.json()
+            return parse_reply(dict, response.text)
 
         return await self.call(attempt)
 
@@ -282,7 +352,7 @@ class OllamaClient:
             try:
                 response = await self.http.post("/api/show", json=body, timeout=timeout_s)
                 _raise_for_status(response)
-                reply = response.json()
+                reply = parse_reply(dict, response.text)
             except Exception as exc:
                 raise self._error(exc) from exc
         parameters = reply.get("parameters") if isinstance(reply, dict) else None

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import ollama
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -16,11 +23,137 @@ from pydantic import (
 
 from ollama_worker.errors import ErrorCode, WorkerError
 
+if TYPE_CHECKING:
+    from ollama_worker.config import Settings
+
 JSONObject = dict[str, Any]
 KeepAlive = Annotated[int | float | str, Field(union_mode="left_to_right")]
 
 # Keys that make an untyped job a chat, so older clients need not send `type`.
 CHAT_KEYS = ("messages", "prompt", "message")
+
+# Ollama 0.12.10's api.Options outside its embedded api.Runner: read on every request, so a
+# caller may set them without touching the model everyone shares.
+SAMPLING_OPTIONS = frozenset(
+    {
+        "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p",
+        "repeat_last_n", "temperature", "repeat_penalty", "presence_penalty",
+        "frequency_penalty", "stop",
+    }
+)  # fmt: skip
+# api.Runner: fixed when the model loads; a request whose values differ reloads the model
+# (server/sched.go needsReload), for every job on the worker. Older releases had more
+# (use_mlock, numa, low_vram ...), which 0.12.10 ignores: not sampling, so refused too.
+LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
+# Nesting deeper than this is no conversation; far deeper breaks Python's JSON and pydantic.
+MAX_INPUT_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a caller may send: sizes, and the names beyond the sampling options it may set."""
+
+    max_input_chars: int = 1_000_000
+    max_image_bytes: int = 20_000_000
+    # Extra option names (e.g. num_ctx) and top-level fields (keep_alive) callers may set.
+    caller_options: frozenset[str] = frozenset()
+    max_num_ctx: int = 32768
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputLimits:
+        """The limits the operator configured."""
+        return cls(
+            max_input_chars=settings.max_input_chars,
+            max_image_bytes=settings.max_image_bytes,
+            caller_options=frozenset(settings.caller_options),
+            max_num_ctx=settings.max_num_ctx,
+        )
+
+
+def decode_image(value: Any) -> bytes:
+    """An image given as base64 text, decoded strictly; raise ValueError for anything else.
+
+    Never a path: ollama-python reads any string naming an existing file, so a string must
+    not reach it. Bytes go to the client, which encodes them again.
+    """
+    if not isinstance(value, str):
+        raise ValueError("an image must be a base64 string")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("an image must be base64 data (not a path or URL)") from None
+    if not data:
+        raise ValueError("an image must not be empty")
+    return data
+
+
+Base64Image = Annotated[bytes, BeforeValidator(decode_image)]
+
+
+def _tool_call(value: Any) -> Any:
+    """A tool call as Ollama's client takes it: OpenAI's JSON-string `arguments` decoded."""
+    function = value.get("function") if isinstance(value, dict) else None
+    if isinstance(function, dict) and not isinstance(function.get("arguments"), dict):
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else None
+            except ValueError:
+                raise ValueError("function.arguments is a string but not JSON") from None
+        if arguments is None:  # none given: Ollama's own default
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise ValueError("function.arguments must be a JSON object (or a string of one)")
+        value = {**value, "function": {**function, "arguments": arguments}}
+    return _valid_for(ollama.Message.ToolCall, value)
+
+
+def _tool(value: Any) -> Any:
+    return _valid_for(ollama.Tool, value)
+
+
+def _valid_for(model: type[BaseModel], value: Any) -> Any:
+    """`value` if the client's own `model` takes it: what it would refuse mid-request is
+    refused here, with the field named."""
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc)) from None
+    return value
+
+
+ToolCall = Annotated[JSONObject, BeforeValidator(_tool_call)]
+ToolSpec = Annotated[JSONObject, BeforeValidator(_tool)]
+
+
+# UTF-16 surrogates: JSON may carry them alone ("\ud800" is valid JSON), UTF-8 cannot, so
+# neither Ollama's request nor RunPod's result POST could be encoded with one in it.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value if value.isascii() else SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(key): without_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    return value
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep containers nest in `value`, counted without recursion; stops past `limit`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class _Input(BaseModel):
@@ -34,8 +167,8 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
-    images: list[str] | None = None
-    tool_calls: list[JSONObject] | None = None
+    images: list[Base64Image] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     thinking: str | None = None
 
@@ -64,7 +197,7 @@ class ChatJob(_Input):
     stop: str | list[str] | None = None
     seed: int | None = None
     format: Literal["json"] | JSONObject | None = None
-    tools: list[JSONObject] | None = None
+    tools: list[ToolSpec] | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
     keep_alive: KeepAlive | None = None
     stream: bool = False
@@ -106,6 +239,41 @@ class ChatJob(_Input):
     def text_chars(self) -> int:
         """Characters of message text, for the input size cap."""
         return sum(len(turn.content) for turn in self.conversation())
+
+    def image_bytes(self) -> int:
+        """Decoded bytes of every image, for the image size cap."""
+        return sum(len(image) for turn in self.conversation() for image in turn.images or [])
+
+    def check_limits(self, limits: InputLimits) -> None:
+        """Raise INVALID_INPUT for what this caller may not send or set."""
+        check_input_chars(self.text_chars(), limits.max_input_chars)
+        if (size := self.image_bytes()) > limits.max_image_bytes:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"images are {size:,} bytes; the limit is {limits.max_image_bytes:,} "
+                "(MAX_IMAGE_BYTES)",
+            )
+        allowed = SAMPLING_OPTIONS | limits.caller_options
+        if refused := sorted(key for key in self.options if key not in allowed):
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"options {', '.join(refused)}: not for callers (load-time options reload the "
+                f"model every job shares); callers may set {', '.join(sorted(allowed))}, and "
+                "the operator may allow more with CALLER_OPTIONS",
+            )
+        if self.keep_alive is not None and "keep_alive" not in limits.caller_options:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                "keep_alive: the worker keeps its models loaded for every job; a caller may "
+                "not set it unless the operator adds keep_alive to CALLER_OPTIONS",
+            )
+        num_ctx = self.options.get("num_ctx")
+        if isinstance(num_ctx, int | float) and num_ctx > limits.max_num_ctx:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"options.num_ctx is {num_ctx:g}; the limit is {limits.max_num_ctx:,} "
+                "(MAX_NUM_CTX)",
+            )
 
 
 class HealthJob(_Input):
@@ -164,7 +332,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def parse_job(
-    raw: Any, *, max_input_chars: int
+    raw: Any, limits: InputLimits = InputLimits()
 ) -> ChatJob | HealthJob | VapiWebhookJob | OpenAIJob:
     """Validate a job's `input`, or raise INVALID_INPUT saying what is wrong in one line."""
     if not isinstance(raw, dict):
@@ -172,6 +340,12 @@ def parse_job(
             ErrorCode.INVALID_INPUT,
             f"`input` must be a JSON object, not {type(raw).__name__}",
         )
+    if nesting_depth(raw, MAX_INPUT_DEPTH) > MAX_INPUT_DEPTH:
+        raise WorkerError(
+            ErrorCode.INVALID_INPUT,
+            f"`input` nests more than {MAX_INPUT_DEPTH} levels deep",
+        )
+    raw = without_surrogates(raw)  # bounded by the depth check above
     if "openai_route" in raw:
         model: type[OpenAIJob] | TypeAdapter[ChatJob | HealthJob | VapiWebhookJob] = OpenAIJob
     else:
@@ -195,7 +369,7 @@ def parse_job(
     except ValidationError as exc:
         raise WorkerError(ErrorCode.INVALID_INPUT, describe_validation_error(exc)) from None
     if isinstance(job, ChatJob):
-        check_input_chars(job.text_chars(), max_input_chars)
+        job.check_limits(limits)
     return job
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ollama_worker.config import Settings
 from ollama_worker.errors import ErrorCode, WorkerError
+from ollama_worker.log_setup import loggable
 from ollama_worker.ollama_client import OllamaClient
 from ollama_worker.openai_route import run_openai
 from ollama_worker.schemas import VapiWebhookJob
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
 MODELFILE_SYSTEM = re.compile(r'^SYSTEM\s+(?:"""(.*?)"""|(.+?))\s*$', re.MULTILINE | re.DOTALL)
 RUNPOD_OPENAI_URL = "https://api.runpod.ai/v2/{endpoint_id}/openai/v1"
+# The same API on a load-balancing endpoint (WORKER_MODE=http): the worker's own /v1.
+RUNPOD_LB_URL = "https://{endpoint_id}.api.runpod.ai/v1"
 NOT_CONFIGURED = "Sorry, this line is not set up to take calls yet. Please try again later."
 NO_TRANSFER = "Sorry, I can't transfer this call right now."
 NO_HANDOFF = "No handoff destination is available right now; carry on with the caller."
@@ -82,7 +85,6 @@ OPENAI_CHAT_FIELDS = frozenset(
 # Logged for informational messages, from the message, else the payload top level (where
 # older end-of-call reports put them).
 LOGGED_FIELDS = ("status", "endedReason", "cost")
-PLAIN = re.compile(r"[\w.:+-]+")
 
 
 @functools.cache
@@ -154,8 +156,9 @@ async def assistant_response(settings: Settings, client: OllamaClient) -> dict[s
     if settings.vapi_assistant_json:
         assistant = _json_setting("VAPI_ASSISTANT_JSON", settings.vapi_assistant_json)
         return {"error": NOT_CONFIGURED} if assistant is None else {"assistant": assistant}
+    template = RUNPOD_LB_URL if settings.worker_mode == "http" else RUNPOD_OPENAI_URL
     url = settings.vapi_custom_llm_url or (
-        RUNPOD_OPENAI_URL.format(endpoint_id=settings.runpod_endpoint_id)
+        template.format(endpoint_id=settings.runpod_endpoint_id)
         if settings.runpod_endpoint_id
         else ""
     )
@@ -205,7 +208,7 @@ async def destination_response(
     The hook goes first; when it returns None the setting is used. A whole answer (a dict with
     `destination`, plus VAPI's optional `message`, `result` or `error`) is passed as it is.
     """
-    call = message.call_id or "-"
+    call = loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, hook, message, settings, kind, call)
     if failed:
@@ -258,7 +261,7 @@ async def endpointing_response(
     message: ServerMessageCallEndpointingRequest, settings: Settings
 ) -> dict[str, Any]:
     """call.endpointing.request: `{"timeoutSeconds"}` from the hook, else the setting."""
-    kind, call = message.type, message.call_id or "-"
+    kind, call = message.type, loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(
         tools, "endpointing_timeout", message, settings, kind, call
@@ -286,7 +289,7 @@ async def predial_response(
     message: ServerMessageCampaignPredial, settings: Settings
 ) -> dict[str, Any]:
     """campaign.predial: `{"eligible"}` from the hook; without a yes, the contact is skipped."""
-    kind, call = message.type, message.call_id or "-"
+    kind, call = message.type, loggable(message.call_id or "-")
     tools = await get_tools(settings.vapi_tools_module)
     value, failed = await _hook_or_default(tools, "campaign_predial", message, settings, kind, call)
     if failed:
@@ -338,19 +341,13 @@ async def knowledge_base_response(
 
 def acknowledge(kind: str, call_id: str | None, *sources: dict[str, Any]) -> dict[str, Any]:
     """Log an informational message in one line and answer `{}`: VAPI needs no more."""
-    fields = {"type": kind, "call_id": call_id or "-"}
+    fields: dict[str, Any] = {"type": kind, "call_id": call_id or "-"}
     for key in LOGGED_FIELDS:
         value = next((s[key] for s in sources if s.get(key) is not None), None)
         if value is not None:
             fields[key] = value
-    # JSON-quote anything but plain tokens, so that no value can break the line or fake a field.
-    log.info(
-        "vapi event %s",
-        " ".join(
-            f"{key}={value if PLAIN.fullmatch(str(value)) else json.dumps(value, default=str)}"
-            for key, value in fields.items()
-        ),
-    )
+    # Quoted unless plain, so that no value can break the line or fake a field.
+    log.info("vapi event %s", " ".join(f"{key}={loggable(value)}" for key, value in fields.items()))
     return {}
 
 
@@ -381,11 +378,16 @@ async def message_response(
             return await predial_response(message, settings)
         case ServerMessageVoiceRequest():
             # VAPI wants raw PCM here; an error at least says why there is none.
-            log.error("voice-request call_id=%s: %s", call_id or "-", NO_SPEECH)
+            log.error("voice-request call_id=%s: %s", loggable(call_id or "-"), NO_SPEECH)
             return {"error": NO_SPEECH}
         case _:
             # Informational, or a type newer than this worker: VAPI needs no more than {}.
             return acknowledge(message.type, call_id, message.raw, payload)
+
+
+def custom_llm_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """A custom-LLM request as the model sees it: VAPI's call-data extras left out."""
+    return {key: value for key, value in payload.items() if key in OPENAI_CHAT_FIELDS}
 
 
 async def run_vapi(
@@ -415,7 +417,7 @@ async def run_vapi(
             "payload is neither a VAPI server message (`message.type`) nor a custom-LLM "
             "request (`messages`)",
         )
-    body = {key: value for key, value in payload.items() if key in OPENAI_CHAT_FIELDS}
+    body = custom_llm_body(payload)
     call_id = _call_id(payload)
     async for item in run_openai("/v1/chat/completions", body, client, settings):
         # SSE text passes through as it is; the one non-stream body is wrapped like the rest.

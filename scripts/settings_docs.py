@@ -1,10 +1,11 @@
-"""Write the README's Configuration table and `.runpod/hub.json`'s env inputs from the registry.
+"""Write the README's Configuration table and the Hub listings' env inputs from the registry.
 
     python scripts/settings_docs.py          # rewrite both (`make docs`)
     python scripts/settings_docs.py --check  # exit 1, naming the stale files, when they drift
 
-The settings are declared once, in `ollama_worker/config.py`; these two views are never edited
-by hand.
+The settings are declared once, in `ollama_worker/config.py`; these views are never edited by
+hand. `.runpod/hub.json` is the queue endpoint's listing; `.runpod/hub-lb.json` the
+load-balancing one (WORKER_MODE=http), which also gets the inputs declared `listing="lb"`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 HUB_JSON = ROOT / ".runpod" / "hub.json"
+HUB_LB_JSON = ROOT / ".runpod" / "hub-lb.json"
+# The load-balancing listing runs the same image in HTTP mode.
+LB_STATIC = [{"key": "WORKER_MODE", "value": "http"}]
 BEGIN = "<!-- settings: begin (written by `make docs` from ollama_worker/config.py) -->"
 END = "<!-- settings: end -->"
 
@@ -53,11 +57,12 @@ def hub_default(spec: Setting) -> str | float | bool:
     return spec.shipped
 
 
-def hub_env() -> list[dict[str, Any]]:
-    """The Hub's env inputs: every setting with a Hub title, in the registry's order."""
-    inputs = []
+def hub_env(listing: str = "queue") -> list[dict[str, Any]]:
+    """A Hub listing's env inputs: every setting with a Hub title, in the registry's order
+    (on the queue listing, not those of the load-balancing one only)."""
+    inputs: list[dict[str, Any]] = list(LB_STATIC) if listing == "lb" else []
     for spec in registry():
-        if not spec.hub:
+        if not spec.hub or (spec.listing == "lb" and listing != "lb"):
             continue
         field: dict[str, Any] = {
             "name": spec.hub,
@@ -81,11 +86,16 @@ def written_readme(current: str) -> str:
     return head + readme_table() + tail
 
 
-def written_hub(current: str) -> str:
-    """hub.json with its env inputs replaced, the rest kept."""
+def written_hub(current: str, listing: str = "queue") -> str:
+    """A listing with its env inputs replaced, the rest kept."""
     document = json.loads(current)
-    document["config"]["env"] = hub_env()
+    document["config"]["env"] = hub_env(listing)
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def written_hub_lb(current: str) -> str:
+    """hub-lb.json with its env inputs replaced, the rest kept."""
+    return written_hub(current, "lb")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report drift (exit 1)")
     args = parser.parse_args(argv)
     stale = []
-    for path, write in ((README, written_readme), (HUB_JSON, written_hub)):
+    views = ((README, written_readme), (HUB_JSON, written_hub), (HUB_LB_JSON, written_hub_lb))
+    for path, write in views:
         current = path.read_text(encoding="utf-8")
         wanted = write(current)
         if wanted != current:

@@ -16,6 +16,19 @@ on /api/chat, /api/generate, /v1/chat/completions, /v1/completions)::
     {"drop": "before_headers"}          # close the connection, no response
     {"drop": "mid_stream", "after_tokens": 2}
     {"delay_s": 1.5}                    # slow headers for this request only
+    {"empty_stream": true}              # 200 and no line at all
+    {"bad_line": "text", "after_tokens": 2}   # a line that is not JSON, mid-stream
+    {"html_error": 502}                 # an HTML error page (a proxy's) for a body
+    {"final_text": 2}                   # the last 2 content tokens come in the done chunk
+
+Why each can happen with a real Ollama 0.12.10: ``empty_stream``: llm/server.go Completion
+returns nil when the runner's response ends without a done line, and server/routes.go
+streamResponse then closes the 200 having written nothing (a non-stream reply is then the
+zero ChatResponse, ``done: false``). ``bad_line`` and ``html_error``: OLLAMA_HOST may name an
+Ollama behind a proxy (a URL with a path), whose own pages (nginx's "502 Bad Gateway" HTML)
+and cut or foreign lines reach the client. ``final_text``: with ``tools``, ChatHandler's tool
+parser (tools/tools.go Parser.Add) holds back text from anything that may start a tool call
+on, and ChatHandler sends it, ``toolParser.Content()``, in the ``done: true`` chunk.
 
 Stats: ``requests`` ("METHOD /path" counts), ``in_flight``/``max_in_flight``
 (requests inside the num_parallel slots), ``queued``, ``chat_requests`` (last
@@ -55,6 +68,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 from urllib.parse import urlsplit
@@ -73,6 +87,13 @@ NS_PER_S = 1_000_000_000
 FOREVER_NS = 2**63 - 1
 EMBED_DIM = 8
 DEFAULT_NUM_CTX = 4096
+# What 0.12.10's non-stream ChatHandler answers when the runner sent nothing: the zero value.
+ZERO_CHAT_RESPONSE = {
+    "model": "",
+    "created_at": "0001-01-01T00:00:00Z",
+    "message": {"role": "", "content": ""},
+    "done": False,
+}
 MAX_RECORDED_BODIES = 100
 DEFAULT_TEMPLATE = (
     "{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n"
@@ -165,15 +186,31 @@ def _as_str_list(value: Any) -> list[str]:
     raise ValueError(f"not a list of strings: {value!r}")
 
 
+FAULT_KINDS = (
+    "status",
+    "midstream_error",
+    "drop",
+    "delay_s",
+    "empty_stream",
+    "bad_line",
+    "html_error",
+    "final_text",
+)
+# nginx's own error page, as a proxy in front of Ollama answers when Ollama is down.
+HTML_ERROR_PAGE = (
+    "<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
 def _check_fault(spec: Any) -> dict[str, Any]:
     """Validate one fault spec so a typo fails loudly instead of doing nothing."""
     if not isinstance(spec, dict):
         raise TypeError(f"fault spec must be an object: {spec!r}")
-    kinds = {"status", "midstream_error", "drop", "delay_s"} & spec.keys()
+    kinds = set(FAULT_KINDS) & spec.keys()
     if len(kinds) != 1:
-        raise ValueError(
-            f"fault spec needs exactly one of status, midstream_error, drop, delay_s: {spec!r}"
-        )
+        raise ValueError(f"fault spec needs exactly one of {', '.join(FAULT_KINDS)}: {spec!r}")
     if "status" in spec and not 400 <= int(spec["status"]) <= 599:
         raise ValueError(f"fault status must be 400..599: {spec!r}")
     if "drop" in spec and spec["drop"] not in ("before_headers", "mid_stream"):
@@ -965,6 +1002,8 @@ class Renderer:
     def __init__(self, req: GenRequest) -> None:
         self.req = req
         self.stream = req.stream
+        # Text the closing chunk carries (the ``final_text`` fault; /api/chat only).
+        self.final_content = ""
 
     @staticmethod
     def error(status: int, message: str, *, middleware: bool = False) -> web.Response:
@@ -1014,9 +1053,10 @@ class ChatRenderer(Renderer):
         return _line(self._chunk({kind: value}, done=False))
 
     def done(self, plan: Plan, timing: dict[str, int]) -> bytes:
-        """Final chat chunk with done_reason and metrics."""
+        """Final chat chunk with done_reason and metrics (and any text held back for it)."""
+        message = {"content": self.final_content} if self.final_content else {}
         return _line(
-            self._chunk({}, done=True, done_reason=plan.done_reason, **_metrics(plan, timing))
+            self._chunk(message, done=True, done_reason=plan.done_reason, **_metrics(plan, timing))
         )
 
     def whole(self, plan: Plan, timing: dict[str, int]) -> dict[str, Any]:
@@ -1560,6 +1600,11 @@ class FakeOllama(ThreadedServer):
                 with self._lock:
                     self._stats["chat_requests"].append(copy.deepcopy(body))
         fault = self._take_fault() or {}
+        if "html_error" in fault:
+            self._count("faults_served")
+            status = int(fault["html_error"])
+            page = HTML_ERROR_PAGE.format(status=status, phrase=HTTPStatus(status).phrase)
+            return web.Response(status=status, text=page, content_type="text/html")
         if "status" in fault or fault.get("drop") == "before_headers":
             self._count("faults_served")
             if "status" in fault:
@@ -1696,6 +1741,22 @@ class FakeOllama(ThreadedServer):
         if mid_error is not None or drop_mid:
             steps = steps[: int(fault.get("after_tokens", 0))]
             self._count("faults_served")
+        if fault.get("empty_stream"):
+            self._count("faults_served")
+            if not renderer.stream:
+                return web.json_response(ZERO_CHAT_RESPONSE, dumps=_dumps)
+            return await self._open_stream(request, renderer)
+        bad_line = fault.get("bad_line")
+        if bad_line is not None:
+            self._count("faults_served")
+        if fault.get("final_text") and renderer.stream:
+            self._count("faults_served")
+            held = int(fault["final_text"])
+            kept = [step for step in steps if step[0] != "content"]
+            content = [step for step in steps if step[0] == "content"]
+            cut = max(0, len(content) - held)
+            steps = kept + content[:cut]
+            renderer.final_content = "".join(str(value) for _, value in content[cut:])
         first_ns = None
         response: web.StreamResponse | None = None
         written: list[float] = []  # time.monotonic() as each token chunk is written
@@ -1706,6 +1767,8 @@ class FakeOllama(ThreadedServer):
             if renderer.stream:
                 if response is None:
                     response = await self._open_stream(request, renderer)
+                if bad_line is not None and index == int(fault.get("after_tokens", 0)):
+                    await response.write(str(bad_line).encode() + b"\n")
                 chunk = renderer.step(kind, value)
                 written.append(time.monotonic())  # as the chunk goes to the socket
                 await response.write(chunk)

@@ -69,6 +69,19 @@ class FakeRunPodConfig:
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FakeRunPodConfig))
 
 
+@dataclass(frozen=True)
+class RawJSON:
+    """A job input given as JSON text and served verbatim in the job-take answer.
+
+    For inputs Python cannot build or dump but RunPod passes on: JSON sets no depth limit
+    (RFC 8259 leaves one to implementations; Go's encoding/json allows 10,000 levels), while
+    Python's json raises RecursionError near 1,000, and runpod 1.12.0's get_job
+    (rp_job.py) catches only ContentTypeError and ValueError around its parse.
+    """
+
+    text: str
+
+
 @dataclass
 class JobRecord:
     """Everything the stand-in saw of one job, with time.monotonic() stamps."""
@@ -521,11 +534,12 @@ class FakeRunPod(ThreadedServer):
                 return web.Response(status=204)
             with self._lock:
                 jobs = [
-                    {"id": job_id, "input": copy.deepcopy(self._records[job_id].input)}
+                    f'{{"id": {json.dumps(job_id)}, "input": {_json_text(record.input)}}}'
                     for job_id in taken
-                    if job_id in self._records
+                    if (record := self._records.get(job_id)) is not None
                 ]
-            response = web.json_response(jobs if batch else jobs[0])
+            body = f"[{', '.join(jobs)}]" if batch else jobs[0]
+            response = web.Response(text=body, content_type="application/json")
             await response.prepare(request)
             await response.write_eof()
             taken = []  # delivered
@@ -678,6 +692,11 @@ class FakeRunPod(ThreadedServer):
         self._serving(stop)
         # A closed long-poll's handler is cancelled (_run_app): it must not take a job.
         await self._run_app(self._make_app(), self._bind(), stop, on_ready)
+
+
+def _json_text(value: Any) -> str:
+    """A job input as the JSON text of the job-take answer."""
+    return value.text if isinstance(value, RawJSON) else json.dumps(value)
 
 
 def _config(base: FakeRunPodConfig, changes: Mapping[str, Any]) -> FakeRunPodConfig:

@@ -137,6 +137,21 @@ class WorkerProcess:
         self.stop()
 
 
+def boot_environment(tmp: Path, ollama_port: int) -> dict[str, str]:
+    """What ollama_boot.sh needs to start the stand-in `ollama serve` (tests/bin first on PATH)
+    on `ollama_port`, with a model store under `tmp` holding voice-assistant."""
+    models = tmp / "models"
+    models.mkdir(exist_ok=True)
+    return {
+        "PATH": f"{FAKE_BIN}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "PYTHON": sys.executable,
+        "OLLAMA_HOST": f"127.0.0.1:{ollama_port}",
+        "OLLAMA_MODELS": str(models),
+        "FAKE_OLLAMA_MODELS": f"{DEFAULTS.default_model}:latest",
+        "OLLAMA_BOOT_TIMEOUT_S": "30",
+    }
+
+
 def tagged_processes(variable: str, tag: str) -> dict[int, str]:
     """`{pid: command line}` of live processes whose environment holds `variable=tag`.
 
@@ -164,7 +179,78 @@ def tagged_pids(tag: str) -> list[int]:
     return list(tagged_processes("DEPLOYED_TEST_TAG", tag))
 
 
-class DeployedWorker:
+class Supervised:
+    """A worker process started with a log file and a tag in its environment, so that what it
+    started can be found and stopped (DeployedWorker, tests/http_worker.py's HttpWorker)."""
+
+    script: str
+    tag: str
+    process: subprocess.Popen[bytes] | None
+    _log: Any
+    _tmp: Path
+    env: dict[str, str]
+
+    def spawn(self, command: list[str], *, cwd: Path) -> None:
+        """Start `command` in a session of its own, its output into the log."""
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        """Whether the main process still runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def returncode(self) -> int | None:
+        """The main process's exit status, None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the main process only (rp_handler.py, or the boot script)."""
+        assert self.process is not None, "launch() first"
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The main process's exit status; TimeoutError with the log if it outlives `timeout`."""
+        assert self.process is not None, "launch() first"
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{self.script} still running after {timeout} s:\n{self.log()}"
+            ) from None
+
+    def leftovers(self) -> list[int]:
+        """Pids of processes this worker started that are still alive (itself included)."""
+        return tagged_pids(self.tag)
+
+    @property
+    def log_path(self) -> Path:
+        """The file the worker's output goes to."""
+        return Path(self._log.name)
+
+    def log(self) -> str:
+        """Everything the worker has printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, *, keep_log: bool = False) -> None:
+        """SIGTERM, then SIGKILL after 10 s, the worker and all it started; drop the log."""
+        stop_group(self.process)
+        for pid in self.leftovers():  # what left the group (setsid) or outlived it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class DeployedWorker(Supervised):
     """`python rp_handler.py` (no --rp_serve_api) under the SDK's production job loop.
 
     It takes its jobs from a FakeRunPod as worker `worker_id`, with the log kept in a file.
@@ -197,17 +283,8 @@ class DeployedWorker:
         boot_env: dict[str, str] = {}
         if boot:
             base = {k: v for k, v in base.items() if not k.startswith(BOOT_DROPPED_PREFIXES)}
-            models = self._tmp / "models"
-            models.mkdir()
             self.ollama_port = free_port()
-            boot_env = {
-                "PATH": f"{FAKE_BIN}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-                "PYTHON": sys.executable,
-                "OLLAMA_HOST": f"127.0.0.1:{self.ollama_port}",
-                "OLLAMA_MODELS": str(models),
-                "FAKE_OLLAMA_MODELS": f"{DEFAULTS.default_model}:latest",
-                "OLLAMA_BOOT_TIMEOUT_S": "30",
-            }
+            boot_env = boot_environment(self._tmp, self.ollama_port)
         self.env = {
             **base,
             **boot_env,
@@ -238,15 +315,8 @@ class DeployedWorker:
             else [sys.executable, self.script, *self.args]
         )
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            command,
-            cwd=self._tmp if self.boot else ROOT,  # the boot script finds its own folder
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The boot script finds its own folder.
+        self.spawn(command, cwd=self._tmp if self.boot else ROOT)
         return self
 
     def wait_ready(self, timeout: float | None = None) -> float:
@@ -308,53 +378,6 @@ class DeployedWorker:
         assert record.status == "COMPLETED", record
         assert record.output == record.stream_items, record
         return list(record.output)
-
-    def alive(self) -> bool:
-        """Whether the main process still runs."""
-        return self.process is not None and self.process.poll() is None
-
-    def returncode(self) -> int | None:
-        """The main process's exit status, None while it runs."""
-        return None if self.process is None else self.process.poll()
-
-    def signal(self, sig: int) -> None:
-        """Send `sig` to the main process only (rp_handler.py, or the boot script)."""
-        assert self.process is not None, "launch() first"
-        self.process.send_signal(sig)
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        """The main process's exit status; TimeoutError with the log if it outlives `timeout`."""
-        assert self.process is not None, "launch() first"
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(
-                f"{self.script} still running after {timeout} s:\n{self.log()}"
-            ) from None
-
-    def leftovers(self) -> list[int]:
-        """Pids of processes this worker started that are still alive (itself included)."""
-        return tagged_pids(self.tag)
-
-    @property
-    def log_path(self) -> Path:
-        """The file the worker's output goes to."""
-        return Path(self._log.name)
-
-    def log(self) -> str:
-        """Everything the worker has printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, *, keep_log: bool = False) -> None:
-        """SIGTERM, then SIGKILL after 10 s, the worker and all it started; drop the log."""
-        stop_group(self.process)
-        for pid in self.leftovers():  # what left the group (setsid) or outlived it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self._log.close()
-        if not keep_log:
-            self.log_path.unlink(missing_ok=True)
-        shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> DeployedWorker:
         return self.start()

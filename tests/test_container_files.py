@@ -26,10 +26,15 @@ DOCKERFILE = ROOT / "Dockerfile"
 BOOT_SCRIPT = ROOT / "ollama_boot.sh"
 MODELFILE = ROOT / "Modelfile"
 HUB_JSON = ROOT / ".runpod" / "hub.json"
+# The load-balancing listing (WORKER_MODE=http): a release of its own puts it in hub.json's place.
+HUB_LB_JSON = ROOT / ".runpod" / "hub-lb.json"
 TESTS_JSON = ROOT / ".runpod" / "tests.json"
 
 # Set by RunPod itself on every worker: a Hub input with an empty default would override it.
-PLATFORM_ENV = {"RUNPOD_ENDPOINT_ID"}
+PLATFORM_ENV = {"RUNPOD_ENDPOINT_ID", "PORT", "PORT_HEALTH", "HEALTH_CHECK_PATH"}
+# HTTP mode's own settings: off the queue listing (WORKER_MODE is fixed on the load-balancing
+# one; WORKER_HTTP_HOST on neither: the load balancer reaches the worker on every interface).
+HTTP_ENV = {"WORKER_MODE", "WORKER_HTTP_HOST", "HTTP_QUEUE_TIMEOUT_S", "HTTP_MAX_BODY_BYTES"}
 # Set by the boot script for the handler (from OLLAMA_BOOT_TIMEOUT_S), never by hand.
 BOOT_SET_ENV = {"WORKER_WAIT_FOR_OLLAMA_S"}
 # Read by the Ollama server or the boot script rather than config.py, yet worth exposing.
@@ -260,7 +265,9 @@ def test_hub_json_lists_every_env_var_the_worker_reads() -> None:
     assert config["allowedCudaVersions"]
     keys = [entry["key"] for entry in config["env"]]
     assert len(keys) == len(set(keys)), "duplicate env keys"
-    missing = (_config_env_names() | SERVER_ENV) - PLATFORM_ENV - BOOT_SET_ENV - set(keys)
+    missing = (
+        (_config_env_names() | SERVER_ENV) - PLATFORM_ENV - BOOT_SET_ENV - HTTP_ENV - set(keys)
+    )
     assert not missing, f"hub.json lacks inputs for {sorted(missing)}"
     assert not PLATFORM_ENV & set(keys), "never let the Hub override RunPod's own variables"
     for entry in config["env"]:
@@ -283,6 +290,32 @@ def test_hub_defaults_are_the_workers_defaults(monkeypatch: pytest.MonkeyPatch) 
         text = str(default).lower() if isinstance(default, bool) else str(default)
         monkeypatch.setenv(entry["key"], text)
     assert Settings.from_env() == built_in
+
+
+def test_the_load_balancing_listing_is_the_queue_listing_in_http_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = json.loads(HUB_JSON.read_text(encoding="utf-8"))
+    lb = json.loads(HUB_LB_JSON.read_text(encoding="utf-8"))
+    assert lb["config"].pop("endpointType") == "LB"
+    assert {k: v for k, v in lb["config"].items() if k != "env"} == {
+        k: v for k, v in queue["config"].items() if k != "env"
+    }
+    static = {e["key"]: e["value"] for e in lb["config"]["env"] if "value" in e}
+    assert static == {"WORKER_MODE": "http"}
+    inputs = {e["key"]: e["input"] for e in lb["config"]["env"] if "input" in e}
+    queue_keys = {e["key"] for e in queue["config"]["env"]}
+    assert set(inputs) == queue_keys | {"HTTP_QUEUE_TIMEOUT_S", "HTTP_MAX_BODY_BYTES"}
+    assert not PLATFORM_ENV & set(inputs)
+    for name in set(inputs) | _config_env_names():
+        monkeypatch.delenv(name, raising=False)
+    built_in = Settings.from_env()
+    for key, field in inputs.items():
+        default = field["default"]
+        monkeypatch.setenv(key, str(default).lower() if isinstance(default, bool) else str(default))
+    for key, value in static.items():
+        monkeypatch.setenv(key, value)
+    assert Settings.from_env() == dataclasses.replace(built_in, worker_mode="http")
 
 
 def test_tests_json_holds_the_sample_jobs() -> None:

@@ -17,11 +17,18 @@ from ollama_worker.config import DEFAULTS, ConfigError, Settings, ollama_base_ur
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.ollama_client import OllamaClient, is_retryable, to_worker_error
 from ollama_worker.openai_route import run_openai
-from ollama_worker.schemas import ChatJob, HealthJob, OpenAIJob, VapiWebhookJob, parse_job
+from ollama_worker.schemas import (
+    ChatJob,
+    HealthJob,
+    InputLimits,
+    OpenAIJob,
+    VapiWebhookJob,
+    parse_job,
+)
 
 
 def parse(raw: object, limit: int = 1_000_000) -> object:
-    return parse_job(raw, max_input_chars=limit)
+    return parse_job(raw, InputLimits(max_input_chars=limit))
 
 
 def invalid(raw: object, limit: int = 1_000_000) -> str:
@@ -116,8 +123,8 @@ def test_oversized_input_is_refused() -> None:
 # --- option mapping ----------------------------------------------------------------------
 
 
-def request_for(raw: dict[str, object]) -> dict[str, object]:
-    job = parse(raw)
+def request_for(raw: dict[str, object], limits: InputLimits | None = None) -> dict[str, object]:
+    job = parse_job(raw, limits or InputLimits())
     assert isinstance(job, ChatJob)
     return chat_request(job, "voice-assistant")
 
@@ -131,7 +138,7 @@ def test_top_level_knobs_map_to_ollama_options_and_options_win() -> None:
             "max_tokens": 64,
             "stop": "END",
             "seed": 7,
-            "options": {"temperature": 0.9, "num_ctx": 4096},
+            "options": {"temperature": 0.9, "top_k": 20},
         }
     )
     assert request["options"] == {
@@ -140,7 +147,7 @@ def test_top_level_knobs_map_to_ollama_options_and_options_win() -> None:
         "num_predict": 64,
         "stop": ["END"],
         "seed": 7,
-        "num_ctx": 4096,
+        "top_k": 20,
     }
 
 
@@ -152,7 +159,8 @@ def test_pass_through_fields_and_default_model() -> None:
             "tools": [{"type": "function", "function": {"name": "f"}}],
             "think": True,
             "keep_alive": -1,
-        }
+        },
+        InputLimits(caller_options=frozenset({"keep_alive"})),
     )
     assert request["model"] == "voice-assistant"
     assert request["format"] == {"type": "object"}
@@ -160,6 +168,129 @@ def test_pass_through_fields_and_default_model() -> None:
     assert request["keep_alive"] == -1
     assert "options" not in request_for({"prompt": "hi"})
     assert request_for({"prompt": "hi", "model": "llama3.1:8b"})["model"] == "llama3.1:8b"
+
+
+# --- what a caller may set -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ({"prompt": "hi", "options": {"num_ctx": 1_000_000}}, "options num_ctx: not for callers"),
+        ({"prompt": "hi", "options": {"num_gpu": 0, "use_mmap": False}}, "num_gpu, use_mmap:"),
+        ({"prompt": "hi", "options": {"num_thread": 1}}, "options num_thread:"),
+        ({"prompt": "hi", "options": {"use_mlock": True}}, "options use_mlock:"),  # pre-0.12
+        ({"prompt": "hi", "keep_alive": 0}, "keep_alive: the worker keeps its models loaded"),
+        ({"prompt": "hi", "keep_alive": "-1"}, "keep_alive:"),
+    ],
+)
+def test_callers_may_not_reload_or_unload_the_shared_model(raw: object, says: str) -> None:
+    message = invalid(raw)
+    assert says in message
+    assert "CALLER_OPTIONS" in message
+
+
+def test_every_sampling_option_is_a_callers_and_no_load_time_one_is() -> None:
+    # Ollama 0.12.10 api.Options: every field outside the embedded api.Runner is sampling.
+    sampling = {"num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p"}
+    sampling |= {"repeat_last_n", "temperature", "repeat_penalty", "presence_penalty"}
+    sampling |= {"frequency_penalty", "stop"}
+    options = dict.fromkeys(sampling, 1)
+    assert request_for({"prompt": "hi", "options": options})["options"] == options
+    for name in ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"):
+        assert f"options {name}:" in invalid({"prompt": "hi", "options": {name: 1}})
+
+
+def test_the_operator_widens_what_callers_may_set_and_num_ctx_stays_capped() -> None:
+    limits = InputLimits(caller_options=frozenset({"num_ctx", "keep_alive"}), max_num_ctx=8192)
+    request = request_for({"prompt": "hi", "options": {"num_ctx": 8192}, "keep_alive": 0}, limits)
+    assert request["options"] == {"num_ctx": 8192}
+    assert request["keep_alive"] == 0
+    with pytest.raises(WorkerError, match=r"num_ctx is 8193; the limit is 8,192 \(MAX_NUM_CTX\)"):
+        parse_job({"prompt": "hi", "options": {"num_ctx": 8193}}, limits)
+
+
+def test_the_numeric_keep_alive_string_means_seconds_when_allowed() -> None:
+    # "-1" is a common way to say "forever"; Ollama itself would refuse the string.
+    limits = InputLimits(caller_options=frozenset({"keep_alive"}))
+    assert request_for({"prompt": "stay", "keep_alive": "-1"}, limits)["keep_alive"] == -1
+
+
+# --- images, tool calls and tools as the client takes them ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["/proc/self/environ", "/etc/passwd", "tests/fixtures", "https://x.test/a.png", "aGk", "", 5],
+)
+def test_an_image_is_base64_only_never_a_path(image: object) -> None:
+    message = invalid({"messages": [{"role": "user", "content": "x", "images": [image]}]})
+    assert message.startswith("INVALID_INPUT: messages.0.images.0: an image must")
+
+
+def test_an_image_is_decoded_and_counted_against_its_cap() -> None:
+    job = parse_job(
+        {"messages": [{"role": "user", "content": "x", "images": ["aGVsbG8=", "aGk="]}]},
+        InputLimits(max_image_bytes=7),
+    )
+    assert isinstance(job, ChatJob)
+    assert chat_request(job, "m")["messages"][0]["images"] == [b"hello", b"hi"]
+    with pytest.raises(WorkerError, match=r"images are 7 bytes; the limit is 6 \(MAX_IMAGE_BYTES"):
+        parse_job(
+            {"messages": [{"role": "user", "content": "x", "images": ["aGVsbG8=", "aGk="]}]},
+            InputLimits(max_image_bytes=6),
+        )
+
+
+def test_openai_style_tool_calls_with_string_arguments_are_decoded() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    request = request_for({"messages": [{"role": "assistant", "tool_calls": [call]}]})
+    assert request["messages"][0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}],
+                    }
+                ]
+            },
+            "messages.0.tool_calls.0: function.arguments must be a JSON object",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{"}}],
+                    }
+                ]
+            },
+            "function.arguments is a string but not JSON",
+        ),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"function": 5}]}]},
+            "tool_calls.0: function",
+        ),
+        ({"prompt": "x", "tools": [{"function": 5}]}, "tools.0: function"),
+    ],
+)
+def test_tool_calls_and_tools_the_client_would_refuse_are_refused_first(
+    raw: object, says: str
+) -> None:
+    assert says in invalid(raw)
+
+
+def test_input_nested_past_the_depth_limit_is_refused_without_recursion() -> None:
+    deep: object = "x"
+    for _ in range(100_000):  # far past Python's recursion limit
+        deep = [deep]
+    assert "nests more than 100 levels deep" in invalid({"prompt": "hi", "extra": deep})
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -268,11 +399,16 @@ def test_exceptions_become_coded_errors(exc: BaseException, code: ErrorCode) -> 
         (ollama.ResponseError("not found", 404), False),
         (ollama.ResponseError("bad", 400), False),
         (ollama.ResponseError("mid-stream"), False),
-        (ConnectionError("refused"), True),
-        (ConnectionResetError("reset"), True),
+        (ConnectionError("refused"), True),  # how the ollama client reports a connect error
         (httpx.ConnectError("refused"), True),
-        (httpx.ReadTimeout("slow"), True),
-        (httpx.RemoteProtocolError("dropped"), True),
+        (httpx.ConnectTimeout("no answer to the SYN"), True),
+        (httpx.PoolTimeout("no free connection"), True),
+        # Each of these may have started a generation: a retry would run it again.
+        (ConnectionResetError("reset"), False),
+        (httpx.ReadTimeout("slow"), False),
+        (httpx.WriteTimeout("slow"), False),
+        (httpx.RemoteProtocolError("dropped"), False),
+        (httpx.ReadError("reset"), False),
         (ValueError("bug"), False),
     ],
 )
@@ -403,6 +539,82 @@ async def test_non_json_error_bodies_keep_their_text() -> None:
     with pytest.raises(WorkerError) as caught:
         await client_with(responder).raw_json("GET", "/v1/models")
     assert str(caught.value) == "OLLAMA_ERROR: Ollama failed (HTTP 500): 502"
+
+
+async def test_a_read_timeout_is_not_retried() -> None:
+    # It may have started a generation: sending it again would run it again from scratch.
+    calls: list[str] = []
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ReadTimeout("slow generation", request=request)
+
+    with pytest.raises(WorkerError) as caught:
+        await client_with(responder).chat({"model": "m", "messages": [{"role": "user"}]})
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert calls == ["/api/chat"]
+
+
+def ndjson(*lines: str) -> httpx.Response:
+    body = "".join(line + "\n" for line in lines)
+    return httpx.Response(200, text=body, headers={"content-type": "application/x-ndjson"})
+
+
+DONE_LINE = json.dumps(
+    {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""}, "done": True}
+)
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ((), "OLLAMA_ERROR: Ollama answered with a stream that ended before its first line"),
+        (("<html>oops</html>",), "OLLAMA_ERROR: Ollama's reply could not be read: not JSON"),
+        (("[1, 2]",), "OLLAMA_ERROR: Ollama's reply could not be read: a JSON list, not an object"),
+        (('"text"',), "OLLAMA_ERROR: Ollama's reply could not be read: a JSON str"),
+        (('{"done": "maybe"}',), "OLLAMA_ERROR: Ollama's reply could not be read: not the object"),
+    ],
+)
+async def test_a_stream_ollama_cannot_have_meant_is_a_coded_error(
+    lines: tuple[str, ...], says: str
+) -> None:
+    calls: list[str] = []
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return ndjson(*lines)
+
+    with pytest.raises(WorkerError) as caught:
+        [c async for c in client_with(responder).chat_stream({"model": "m", "messages": []})]
+    assert str(caught.value).startswith(says), caught.value
+    assert calls == ["/api/chat"]  # the 200 may have started a generation: not sent again
+
+
+async def test_blank_lines_in_a_stream_are_skipped() -> None:
+    def responder(request: httpx.Request) -> httpx.Response:
+        return ndjson("", DONE_LINE, "")
+
+    chunks = [c async for c in client_with(responder).chat_stream({"model": "m", "messages": []})]
+    assert [c.done for c in chunks] == [True]
+
+
+async def test_an_html_error_page_is_one_short_line() -> None:
+    page = "<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n" + "x" * 2000
+
+    def responder(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, text=page, headers={"content-type": "text/html"})
+
+    for call in (
+        lambda c: c.chat({"model": "m", "messages": []}),
+        lambda c: c.raw_json("GET", "/v1/models"),
+    ):
+        with pytest.raises(WorkerError) as caught:
+            await call(client_with(responder))
+        message = str(caught.value)
+        assert message.startswith("OLLAMA_ERROR: Ollama failed (HTTP 500): <html> <head><title>500")
+        assert "\n" not in message
+        assert "\r" not in message
+        assert len(message) < 400
 
 
 # --- the OpenAI route's streams and fields, against scripted Ollama answers -----------------

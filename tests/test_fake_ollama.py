@@ -683,6 +683,47 @@ def test_drop_faults(fake: FakeOllama, client: ollama.Client) -> None:
     assert fake.stats()["faults_served"] == 2
 
 
+def test_wire_faults_of_a_proxied_or_dying_ollama(fake: FakeOllama) -> None:
+    """empty_stream: 200 and no line (a non-stream reply is the zero ChatResponse);
+    bad_line: a line that is not JSON after N chunks; html_error: a proxy's HTML page."""
+    fake.configure(
+        fail_next=[
+            {"empty_stream": True},
+            {"empty_stream": True},
+            {"bad_line": "<!-- hi -->", "after_tokens": 1},
+            {"html_error": 502},
+        ]
+    )
+    with httpx.Client(base_url=fake.url) as http:
+        empty = http.post("/api/chat", json=chat_body())
+        assert (empty.status_code, empty.text) == (200, "")
+        zero = http.post("/api/chat", json=chat_body(stream=False)).json()
+        assert (zero["done"], zero["model"], zero["message"]["content"]) == (False, "", "")
+        lines = http.post("/api/chat", json=chat_body()).text.splitlines()
+        assert lines[1] == "<!-- hi -->"
+        assert json.loads(lines[0])["message"]["content"] == "You "
+        assert json.loads(lines[-1])["done"] is True
+        page = http.post("/api/chat", json=chat_body())
+    assert page.status_code == 502
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<title>502 Bad Gateway</title>" in page.text
+    assert page.text.count("\n") > 3
+    assert fake.stats()["faults_served"] == 4
+
+
+def test_final_text_fault(fake: FakeOllama, client: ollama.Client) -> None:
+    """final_text N: the last N content tokens arrive in the done chunk, as Ollama's tool
+    parser holds text back for it; a non-stream reply is whole as ever."""
+    fake.configure(fail_next=[{"final_text": 2}])
+    chunks = list(client.chat(model=MODEL, messages=USER, stream=True))
+    assert chunks[-1].done
+    assert chunks[-1].message.content
+    assert (
+        "".join(c.message.content or "" for c in chunks)
+        == client.chat(model=MODEL, messages=USER).message.content
+    )
+
+
 def test_delay_fault_and_fail_rate(fake: FakeOllama) -> None:
     """delay_s slows one request; fail_rate faults are reproducible per seed."""
     fake.configure(fail_next=[{"delay_s": 0.3}])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import runpod
-from runpod.serverless.modules import rp_fitness, rp_scale
+from runpod.serverless.modules import rp_fitness, rp_job, rp_scale
 
 from ollama_worker import job_loop, ollama_client
 from tests.test_core_units import client_with
@@ -49,6 +51,7 @@ def test_another_sdk_keeps_the_stock_loop_and_still_waits_for_ollama(
 
 def test_install_replaces_the_sdk_job_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rp_scale, "JobScaler", rp_scale.JobScaler)
+    monkeypatch.setattr(rp_job, "send_result", rp_job.send_result)
     assert job_loop.install(ready=None, stop_grace_s=3) is True
     assert rp_scale.JobScaler.__name__ == "EventDrivenJobScaler"
     assert rp_scale.JobScaler.stop_grace_s == 3
@@ -85,3 +88,69 @@ async def test_the_warm_up_call_never_fails_a_start(monkeypatch: pytest.MonkeyPa
     await ollama_client.warm_up(timeout_s=1.0)
     assert calls
     assert set(calls) == {"/api/version"}
+
+
+# --- every job taken ends with exactly one job-done --------------------------------------------
+
+
+def test_parse_jobs_reads_a_batch_job_by_job_when_one_nests_past_the_limit() -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    tricky = {"id": "c", "input": {"prompt": 'brackets ]}[{ and "quotes", in a string'}}
+    text = (
+        f"[{json.dumps({'id': 'a', 'input': {'prompt': 'x'}})}, "
+        f'{{"input": {{"nested": {deep}}}, "id": "b"}}, {json.dumps(tricky)}, 5, {{"input": 1}}]'
+    )
+    jobs = job_loop.parse_jobs(text)
+    assert jobs == [
+        {"id": "a", "input": {"prompt": "x"}},
+        {"id": "b", "input": None, job_loop.UNREADABLE: "nests too deep to read"},
+        tricky,
+    ]  # the entries without an id cannot be answered, and are only logged
+    assert job_loop.parse_jobs(f'{{"id": "z", "input": {deep}}}')[0]["id"] == "z"
+    assert job_loop.parse_jobs(json.dumps({"id": "q", "input": 1})) == [{"id": "q", "input": 1}]
+    assert job_loop.parse_jobs("") == []
+    assert job_loop.parse_jobs("<html>") == []
+
+
+async def scaled_job(
+    monkeypatch: pytest.MonkeyPatch, handler: Any
+) -> list[tuple[str, dict[str, Any]]]:
+    """Run one job through the scaler's handle_job with `handler` as the SDK's job handler;
+    the job-dones it sent, as (job id, body)."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def post(
+        _session: Any, body: dict[str, Any], job: dict[str, Any], is_stream: bool = False
+    ) -> None:
+        sent.append((job["id"], body))
+
+    scaler_class = job_loop._scaler_class()
+    monkeypatch.setattr(rp_job, "send_result", scaler_class.tracking(post))
+    scaler = scaler_class({"handler": None})
+    scaler.jobs_handler = handler
+    job = {"id": "j1", "input": {}}
+    scaler.job_progress.add(job)
+    await scaler.handle_job(None, job)
+    return sent
+
+
+async def test_a_job_whose_report_failed_gets_one_internal_job_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def cannot_send(_session: Any, _config: Any, _job: dict[str, Any]) -> None:
+        # What runpod 1.12.0's _handle_result lets escape: its POST could not encode the body.
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    sent = await scaled_job(monkeypatch, cannot_send)
+    assert sent == [("j1", job_loop.UNREPORTED_ERROR.as_output())]
+
+
+async def test_a_job_that_was_answered_is_not_answered_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def answered_then_failed(_session: Any, _config: Any, job: dict[str, Any]) -> None:
+        await rp_job.send_result(None, {"output": [1]}, job, True)
+        raise RuntimeError("after the job-done")
+
+    sent = await scaled_job(monkeypatch, answered_then_failed)
+    assert sent == [("j1", {"output": [1]})]

@@ -93,7 +93,9 @@ def test_the_hub_inputs_are_written_from_the_registry() -> None:
     current = docs.HUB_JSON.read_text(encoding="utf-8")
     assert docs.written_hub(current) == current, ".runpod/hub.json is stale: run `make docs`"
     keys = [entry["key"] for entry in json.loads(current)["config"]["env"]]
-    assert keys == [spec.env for spec in registry() if spec.hub]
+    assert keys == [spec.env for spec in registry() if spec.hub and spec.listing != "lb"]
+    lb = docs.HUB_LB_JSON.read_text(encoding="utf-8")
+    assert docs.written_hub_lb(lb) == lb, ".runpod/hub-lb.json is stale: run `make docs`"
 
 
 def test_a_default_changed_in_the_registry_changes_every_view(

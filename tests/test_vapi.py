@@ -19,10 +19,11 @@ from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
 import tests.vapi_tools_for_tests as test_tools
+from ollama_worker import vapi_tools
 from ollama_worker.config import ConfigError, Settings, get_settings
 from ollama_worker.vapi import MODELFILE, system_prompt
 from ollama_worker.vapi_auth import check_webhook_auth
-from ollama_worker.vapi_tools import load_tools
+from ollama_worker.vapi_tools import reset_tools
 from rp_handler import handler
 from tests.fake_ollama import FakeOllama
 from tests.harness import ROOT, free_port
@@ -66,7 +67,7 @@ def env(monkeypatch: pytest.MonkeyPatch, fake: FakeOllama) -> Iterator[SetEnv]:
         for key, value in values.items():
             monkeypatch.setenv(key, value)
         get_settings.cache_clear()
-        load_tools.cache_clear()
+        reset_tools()
 
     for key in VAPI_VARS:
         monkeypatch.delenv(key, raising=False)
@@ -75,7 +76,7 @@ def env(monkeypatch: pytest.MonkeyPatch, fake: FakeOllama) -> Iterator[SetEnv]:
     set_env(OLLAMA_HOST=fake.host_port, VAPI_TOOLS_MODULE=TOOLS_MODULE, OLLAMA_RETRY_DEADLINE_S="5")
     yield set_env
     get_settings.cache_clear()
-    load_tools.cache_clear()
+    reset_tools()
 
 
 async def run(job_input: dict[str, Any]) -> list[Any]:
@@ -307,10 +308,15 @@ async def test_a_missing_tools_module_fails_each_call_not_the_job(
     assert all(says in r["error"] for r in results), results
 
 
-async def test_tools_are_imported_once(env: SetEnv) -> None:
+async def test_tools_are_imported_once(env: SetEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    imports: list[str] = []
+    real_load = vapi_tools.load_tools
+    monkeypatch.setattr(
+        vapi_tools, "load_tools", lambda name: imports.append(name) or real_load(name)
+    )
     await answer(load("tool_calls"))
     await answer(load("tool_calls"))
-    assert load_tools.cache_info().misses == 1
+    assert imports == [TOOLS_MODULE]
 
 
 def test_tools_module_is_not_imported_at_start_up() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from examples import vapi_relay
 from tests.fake_ollama import FakeOllama
-from tests.harness import ROOT, WorkerProcess
+from tests.harness import ROOT, WorkerProcess, free_port
 from tests.vapi_fixtures import vapi_sign
 
 SECRET = "relay-test-secret"
@@ -132,3 +132,27 @@ def test_smoke_sends_the_vapi_secret(
     with pytest.raises(SystemExit):
         smoke.main(["--help"])
     assert "VAPI_WEBHOOK_SECRET" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        # Nothing listens there: RunPod unreachable.
+        (lambda fake: f"http://127.0.0.1:{free_port()}/runsync", "could not be reached"),
+        # A plain-text 404 (any proxy or gateway page): not JSON.
+        (lambda fake: f"{fake.url}/no/such/runsync", "HTTP 404 with a body that is not JSON"),
+    ],
+)
+def test_relay_answers_vapis_error_with_502_when_runpod_fails_it(
+    fake: FakeOllama,
+    monkeypatch: pytest.MonkeyPatch,
+    where: Callable[[FakeOllama], str],
+    says: str,
+) -> None:
+    monkeypatch.setenv("RUNPOD_RUNSYNC_URL", where(fake))
+    message = {"message": {"type": "status-update", "status": "ended", "call": {"id": "c1"}}}
+    answer = TestClient(vapi_relay.app).post("/vapi", json=message)
+    assert answer.status_code == 502
+    body = answer.json()
+    assert set(body) == {"error"}
+    assert says in body["error"]

@@ -97,3 +97,20 @@ async def campaign_predial(message: dict[str, Any]) -> Any:
 
 # Imported names are not tools, though public and callable.
 dumps = json.dumps
+
+
+async def cancel_itself() -> str:
+    """An async tool that raises CancelledError itself: its failure, not a stop of the job."""
+    raise asyncio.CancelledError
+
+
+def leak_arguments(card_number: str) -> str:
+    """A tool whose exception message carries its arguments, as many do."""
+    raise ValueError(f"card {card_number} declined")
+
+
+class NotATool:
+    """A class in the tools module: callable, public, the module's own, and still no tool."""
+
+    def __init__(self) -> None:
+        self.made = True
