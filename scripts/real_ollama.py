@@ -143,14 +143,17 @@ def provided_files(binary: Path) -> list[Path]:
 
 def module_dir(version: str) -> Path:
     """The Ollama module's source at `version` in Go's module cache (downloaded if need be)."""
-    done = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@v{version}"],
-        capture_output=True,
-        text=True,
-        cwd=tempfile.gettempdir(),  # outside any module, so no go.mod is consulted
-        env={**os.environ, "GOFLAGS": "-mod=mod"},
-        timeout=600,
-    )
+    try:
+        done = subprocess.run(
+            ["go", "mod", "download", "-json", f"{MODULE}@v{version}"],
+            capture_output=True,
+            text=True,
+            cwd=tempfile.gettempdir(),  # outside any module, so no go.mod is consulted
+            env={**os.environ, "GOFLAGS": "-mod=mod"},
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProvideError(f"go mod download {MODULE}@v{version} failed: {exc}") from exc
     try:
         return Path(json.loads(done.stdout)["Dir"])
     except (ValueError, KeyError):
