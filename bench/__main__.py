@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from bench import (
     memory,
     model_cache,
     overhead,
+    real,
     report,
     ttft,
 )
@@ -50,21 +52,34 @@ class Sizes:
     memory_warmup: int
     deployed: deployed.Sizes
     http_mode: http_mode.Sizes
+    real: real.Sizes
     # Rounds of (a later HF_MODEL boot, the baked model) with the real Ollama; 0 skips them.
     model_cache_boots: int
 
 
-FULL = Sizes(3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, http_mode.FULL, 3)
-QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, http_mode.QUICK, 0)
+FULL = Sizes(
+    3, 5, 200, 10, 6.0, 1.0, 100, 5, 1000, 100, deployed.FULL, http_mode.FULL, real.FULL, 3
+)
+QUICK = Sizes(1, 1, 4, 1, 0.1, 0.0, 2, 1, 120, 20, deployed.QUICK, http_mode.QUICK, real.QUICK, 0)
+# The groups `--only` selects: the stand-in's measurements (with the model cache's boots), and
+# the real Ollama's streams and cold starts (keys real.*).
+GROUPS = ("stand-in", "real")
 
 
-def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
-    """Every measurement, in an order that keeps each one's machine quiet.
+def group_of(key: str) -> str:
+    """The group a figure's key belongs to."""
+    return "real" if key.startswith("real.") else "stand-in"
 
-    The deployed worker's figures come first in the results, the local API's after them.
+
+def run(sizes: Sizes, groups: tuple[str, ...] = GROUPS) -> tuple[list[Figure], dict[str, Any]]:
+    """Every measurement of `groups`, in an order that keeps each one's machine quiet.
+
+    The deployed worker's figures come first in the results, the local API's after them,
+    the real Ollama's last.
     """
     figures: list[Figure] = []
     deployed_figures: list[Figure] = []
+    real_figures: list[Figure] = []
     details: dict[str, Any] = {}
 
     def keep(
@@ -73,6 +88,22 @@ def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         details[name] = result[0]
         into.extend(result[1])
 
+    if "stand-in" in groups:
+        run_stand_in(sizes, keep, details, deployed_figures)
+    if "real" in groups:
+        reason = real.unavailable()
+        if reason:
+            progress(f"real-Ollama rows skipped: {reason}")
+        else:
+            keep("real", real.measure(sizes.real), real_figures)
+    return deployed_figures + figures + real_figures, details
+
+
+def run_stand_in(
+    sizes: Sizes, keep: Callable[..., None], details: dict[str, Any], deployed_figures: list[Figure]
+) -> None:
+    """The measurements against the stand-in Ollama; `keep(name, result[, into])` files each
+    into `details` and the figures."""
     progress("cold start (ollama_boot.sh with the stand-in ollama)")
     keep("cold_start", cold_start.measure(boots=sizes.boots, imports=sizes.imports))
     if sizes.model_cache_boots:
@@ -145,7 +176,6 @@ def run(sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         keep("ttft", ttft.measure(stand_in, streams=sizes.streams, warmup=sizes.stream_warmup))
     finally:
         stand_in.stop()
-    return deployed_figures + figures, details
 
 
 def print_table(figures: list[Figure]) -> None:
@@ -161,17 +191,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for CI (~30 s)")
     parser.add_argument("--out", type=Path, default=HERE, help="where to write the results")
+    parser.add_argument(
+        "--only",
+        choices=GROUPS,
+        help="run one group and merge its figures into the results already in --out, "
+        "keeping the other group's (the machine is shared: rerun only what changed)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     mode = "quick" if args.quick else "full"
     load_before = os.getloadavg()
+    path = args.out / "results.json"
     try:
-        figures, details = run(QUICK if args.quick else FULL)
+        figures, details = run(QUICK if args.quick else FULL, (args.only,) if args.only else GROUPS)
         args.out.mkdir(parents=True, exist_ok=True)
         seconds = time.monotonic() - started
         # Other work on the machine shows up in the timings; keep the evidence with them.
-        details["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
-        results = report.write_results(args.out / "results.json", mode, figures, details, seconds)
+        if args.only != "real":
+            details["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+        date = None
+        if args.only:
+            figures, details, seconds, date = report.merge_group(
+                path, mode, figures, details, seconds, lambda key: group_of(key) == args.only
+            )
+        results = report.write_results(path, mode, figures, details, seconds, date)
         report.write_chart(args.out / "chart.png", details)
     except Exception:
         traceback.print_exc()

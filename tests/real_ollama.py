@@ -46,6 +46,14 @@ GEMMA3_TEMPLATE = '''TEMPLATE """{{- range $i, $_ := .Messages }}
 PARAMETER stop "<end_of_turn>"
 '''
 FROM_LINE = re.compile(r"^FROM .*$", re.MULTILINE)
+# The child of `ollama serve` that holds a loaded model: Ollama's own `ollama runner` up to
+# 0.2x, llama.cpp's `llama-server` (lib/ollama/llama-server) from 0.30 on.
+MODEL_RUNNERS = ("ollama runner", "llama-server")
+
+
+def is_model_runner(command: str) -> bool:
+    """Whether a command line is a model runner of `ollama serve` (MODEL_RUNNERS)."""
+    return any(runner in command for runner in MODEL_RUNNERS)
 
 
 def voice_modelfile(gguf: Path) -> str:
@@ -116,7 +124,7 @@ class RealOllamaServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its `ollama runner` children join this group
+                start_new_session=True,  # its model runners (MODEL_RUNNERS) join this group
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -136,7 +144,8 @@ class RealOllamaServer:
         KV cache after another prompt sometimes adds a stray first token (seen with gemma3 at
         temperature 0 and a fixed seed, about 1 reply in 4). A freshly loaded model answers
         the same prompt with the same tokens, so tests that compare two replies start each
-        from here.
+        from here. From 0.30 on, llama-server keeps each prompt cached (cache_prompt is always
+        on), and 0.32.15 answers a cached prompt with other greedy tokens than a fresh one.
         """
         self.stop()
         self.start()
@@ -170,7 +179,7 @@ class RealOllamaServer:
         return {entry["name"]: entry for entry in self.api("GET", "/api/ps")["models"]}
 
     def runner_pids(self) -> list[int]:
-        """Pids of this server's `ollama runner` children still alive."""
+        """Pids of this server's model runners (MODEL_RUNNERS) still alive."""
         if self.process is None:
             return []
         found = []
@@ -210,10 +219,16 @@ class RealOllamaServer:
 
 @contextlib.contextmanager
 def real_ollama_with_model(
-    models_dir: Path, *, env: dict[str, str] | None = None, preload: bool = True
+    models_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    preload: bool = True,
+    real: RealOllama | None = None,
 ) -> Iterator[RealOllamaServer]:
-    """A running real server whose store holds `voice-assistant`, built from our Modelfile."""
-    real = require_real_ollama()
+    """A running real server whose store holds `voice-assistant`, built from our Modelfile.
+
+    `real` defaults to the provided one, or skips the test (the bench passes its own)."""
+    real = real or require_real_ollama()
     with RealOllamaServer(real, models_dir, env or {}) as server:
         server.create(MODEL, voice_modelfile(real.gguf))
         if preload:
