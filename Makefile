@@ -42,7 +42,7 @@ run:
 ## The worker against the stand-in Ollama, for trying it without a GPU. (No EXIT trap: sh
 ## execs a recipe's last command, which drops traps; Ctrl-C reaches both through the group.)
 dev:
-	$(PY) -m tests.fake_ollama --port 11434 & fake=$$!; \
+	$(PY) -m standins.ollama --port 11434 & fake=$$!; \
 	OLLAMA_HOST=127.0.0.1:11434 $(PY) rp_handler.py --rp_serve_api --rp_api_port 8000; \
 	kill $$fake
 

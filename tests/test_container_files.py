@@ -240,7 +240,7 @@ def test_dockerignore_keeps_dev_files_out() -> None:
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for required in (".git", ".venv", "tests", "bench", "scripts", "**/__pycache__"):
+    for required in (".git", ".venv", "tests", "standins", "bench", "scripts", "**/__pycache__"):
         assert required in patterns, required
     # RunPod runs test_input.json and exits if it finds one next to the handler.
     assert "test_input.json" in patterns
