@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from bench.common import MODEL, PROMPT, BenchError, Figure, completed_output, process_tree, progress
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import ROOT, free_port
 
 START_DELAY_S = 1.5

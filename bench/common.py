@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from ollama_worker.config import DEFAULTS
+from standins.ollama import RemoteOllama
 from tests.harness import ROOT, free_port
 
 # The chat every measurement sends: what a voice turn looks like, small on the wire.
@@ -66,8 +67,8 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-class StandIn:
-    """`python -m tests.fake_ollama` in its own process, so its work never shares our GIL.
+class StandIn(RemoteOllama):
+    """`python -m standins.ollama` in its own process, so its work never shares our GIL.
 
     Starting returns at once; call `wait_ready()` before the first request.
     """
@@ -82,7 +83,7 @@ class StandIn:
             [
                 sys.executable,
                 "-m",
-                "tests.fake_ollama",
+                "standins.ollama",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -94,7 +95,7 @@ class StandIn:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        super().__init__(self.url, timeout=30)
 
     def wait_ready(self) -> StandIn:
         """Return once it answers (its Python start takes ~0.5 s)."""
@@ -111,27 +112,13 @@ class StandIn:
                 raise BenchError("the stand-in did not listen within 30 s")
             time.sleep(0.05)
 
-    def configure(self, **changes: Any) -> None:
-        """Change the stand-in's live settings."""
-        self.http.post("/_fake/config", json=changes).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        """Its counters (`in_flight`, `max_in_flight`, `first_token_at`, ...)."""
-        response = self.http.get("/_fake/stats")
-        response.raise_for_status()
-        return dict(response.json())
-
-    def reset(self) -> None:
-        """Zero its counters."""
-        self.http.post("/_fake/reset").raise_for_status()
-
     def log(self) -> str:
         """What it printed."""
         return Path(self._log.name).read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
         """Stop it (SIGTERM, then SIGKILL after 5 s)."""
-        self.http.close()
+        self.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:

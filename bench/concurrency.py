@@ -106,13 +106,13 @@ def measure(
         for name, (url, route, check) in paths.items():
             if warmup_s:
                 asyncio.run(_level(url, route, check, jobs, warmup_s))
-            stand_in.reset()
+            stand_in.reset_stats()
             done, elapsed, latencies = asyncio.run(_level(url, route, check, jobs, duration_s))
             row[name] = {
                 "jobs": done,
                 "seconds": round(elapsed, 3),
                 "jobs_per_s": round(done / elapsed, 2),
-                "stand_in_max_in_flight": int(stand_in.stats()["max_in_flight"]),
+                "stand_in_max_in_flight": stand_in.peak_in_flight(),
                 "latency": summary_ms(latencies),
             }
         rows.append(row)

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from bench.common import MODEL, PROMPT, BenchError, Figure, StandIn, progress, summary_ms
-from tests.fake_ollama import FakeConfig
-from tests.fake_runpod import FakeRunPod, JobRecord
+from standins.ollama import FakeConfig
+from standins.runpod import FakeRunPod, JobRecord
 from tests.harness import ROOT, DeployedWorker
 
 HERE = Path(__file__).resolve().parent
@@ -113,11 +113,11 @@ def _streams(
     """`count` sequential streamed chats: delivery ratio and POSTs of each."""
     rows = []
     for _ in range(count):
-        stand_in.reset()
+        stand_in.reset_stats()
         record = worker.run({"prompt": PROMPT, "stream": True})
         if _text(record.stream_items) != reply:
             raise BenchError(f"{worker.name}: streamed text differs from the stand-in's reply")
-        written = stand_in.stats()["stream_token_times"]
+        written = stand_in.token_times()
         if len(written) != 1:
             raise BenchError(f"expected one stream at the stand-in, saw {len(written)}")
         first, last = written[0][0], written[0][-1]
@@ -183,7 +183,7 @@ def _burst(
     return {
         "jobs": count,
         "wall_s": round(last_done - submitted, 4),
-        "max_unfinished": int(fake.stats()["max_unfinished"]),
+        "max_unfinished": fake.peak_unfinished(),
         "stream_posts_per_job": statistics.median(len(r.stream) for r in records),
     }
 

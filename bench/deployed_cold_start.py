@@ -32,8 +32,8 @@ from typing import Any
 from bench.cold_start import FLOOR_S, LOAD_DELAY_S, SLACK_S, START_DELAY_S, _boot_env, _listening
 from bench.cold_start import _stop as stop_process
 from bench.common import MODEL, PROMPT, BenchError, Figure, progress
-from tests.fake_ollama import FakeOllama
-from tests.fake_runpod import FakeRunPod, JobRecord
+from standins.ollama import FakeOllama
+from standins.runpod import FakeRunPod, JobRecord
 from tests.harness import ROOT, SDK_SAFETY, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -135,7 +135,7 @@ def boot_once(fake: FakeRunPod, variant: str) -> dict[str, float]:
             raise BenchError("the 0.4 s fitness check did not run")
         assert record.taken_at is not None
         assert record.done_at is not None
-        polls = [t for t, _, _, worker in fake.stats()["take_log"] if worker == worker_id]
+        polls = [take.at for take in fake.takes(worker_id)]
         marks["first_poll_s"] = min(polls) - started
         marks["job_taken_s"] = record.taken_at - started
         marks["first_job_done_s"] = record.done_at - started

@@ -33,7 +33,7 @@ from bench.deployed import (
     _stream_reply,
     _text,
 )
-from tests.fake_runpod import FakeRunPod
+from standins.runpod import FakeRunPod
 from tests.harness import ROOT
 from tests.http_worker import HttpWorker
 
@@ -60,7 +60,7 @@ QUICK = Sizes(20, 1, 40, 5)
 
 def _http_stream(worker: HttpWorker, reply: str) -> dict[str, float]:
     """One streamed chat over HTTP mode's /v1: first token and delivery, client side."""
-    worker.ollama("POST", "/_fake/reset")
+    worker.stand_in.reset_stats()
     body = {"messages": [{"role": "user", "content": PROMPT}], "stream": True}
     arrivals, text = [], ""
     with worker.http.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -70,7 +70,7 @@ def _http_stream(worker: HttpWorker, reply: str) -> dict[str, float]:
                 text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
     if text != reply:
         raise BenchError("http mode: streamed text differs from the stand-in's reply")
-    written = worker.ollama_stats()["stream_token_times"][-1]
+    written = worker.stand_in.last_token_times()
     first, last = written[0], written[-1]
     return {
         "ttft_ms": round((arrivals[0] - first) * 1000, 3),
@@ -80,11 +80,11 @@ def _http_stream(worker: HttpWorker, reply: str) -> dict[str, float]:
 
 def _queue_stream(worker: DeployedProcess, stand_in: StandIn, reply: str) -> dict[str, float]:
     """One streamed chat job on the queue worker: first item and last at the job API."""
-    stand_in.reset()
+    stand_in.reset_stats()
     record = worker.run({"prompt": PROMPT, "stream": True})
     if _text(record.stream_items) != reply:
         raise BenchError("queue worker: streamed text differs from the stand-in's reply")
-    written = stand_in.stats()["stream_token_times"][-1]
+    written = stand_in.last_token_times()
     first, last = written[0], written[-1]
     return {
         "ttft_ms": round((record.stream[0][0] - first) * 1000, 3),

@@ -60,10 +60,9 @@ async def _rss_with_streams(url: str, stand_in: StandIn, pid: int) -> tuple[floa
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         job = {"input": {"prompt": PROMPT, "stream": True}}
         tasks = [asyncio.create_task(client.post("/runsync", json=job)) for _ in range(STREAMS)]
-        stats_url = f"{stand_in.url}/_fake/stats"
         deadline, seen, peak = time.monotonic() + 10, 0, 0.0
         while time.monotonic() < deadline and seen < STREAMS:
-            seen = int((await client.get(stats_url)).json()["in_flight"])
+            seen = await asyncio.to_thread(stand_in.in_flight)
             await asyncio.sleep(0.02)
         if seen < STREAMS:
             raise BenchError(f"only {seen} of {STREAMS} streams reached the stand-in")

@@ -43,7 +43,7 @@ from bench.deployed import REALISTIC_RTT_S, DeployedProcess
 from ollama_worker.chat import chat_request
 from ollama_worker.schemas import ChatJob
 from scripts.real_ollama import RealOllama, locate, wanted_version
-from tests.fake_runpod import FakeRunPod
+from standins.runpod import FakeRunPod
 from tests.harness import ROOT
 from tests.real_ollama import RealOllamaServer, real_boot_env, real_ollama_with_model
 

@@ -59,9 +59,9 @@ async def _run(stand_in: StandIn, streams: int, warmup: int) -> dict[str, dict[s
         for name, stream in (("handler", _via_handler), ("httpx", _via_httpx)):
             first, lags, gaps = [], [], []
             for index in range(warmup + streams):
-                stand_in.reset()
+                stand_in.reset_stats()
                 arrivals = await stream(client)
-                written = stand_in.stats()["stream_token_times"][-1]
+                written = stand_in.last_token_times()
                 if len(arrivals) != TOKENS or len(written) != TOKENS:
                     raise BenchError(f"{name}: {len(arrivals)} tokens, stand-in {len(written)}")
                 if index < warmup:

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.fake_runpod import clean_environ
+from standins.ollama import RemoteOllama
+from standins.runpod import clean_environ
 from tests.harness import (
     BOOT_DROPPED_PREFIXES,
     ROOT,
@@ -58,6 +59,7 @@ class HttpWorker(Supervised):
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_url = f"http://127.0.0.1:{self.health_port}"
         self.ollama_url = f"http://127.0.0.1:{self.ollama_port}"
+        self.stand_in = RemoteOllama(self.ollama_url, timeout=10)
         self._log = tempfile.NamedTemporaryFile(prefix="http-worker-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(60.0))
@@ -107,15 +109,16 @@ class HttpWorker(Supervised):
 
     def configure_ollama(self, **changes: Any) -> None:
         """Change the stand-in's live settings."""
-        self.ollama("POST", "/_fake/config", changes)
+        self.stand_in.configure(**changes)
 
     def ollama_stats(self) -> dict[str, Any]:
         """The stand-in's counters."""
-        return dict(self.ollama("GET", "/_fake/stats"))
+        return self.stand_in.stats()
 
     def stop(self, *, keep_log: bool = False) -> None:
         """Stop it and everything it started; remove its files."""
         self.http.close()
+        self.stand_in.close()
         super().stop(keep_log=keep_log)
 
     def __enter__(self) -> HttpWorker:

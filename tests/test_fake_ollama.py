@@ -36,7 +36,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scripts.real_ollama import pinned_version
-from tests.fake_ollama import (
+from standins.ollama import RemoteOllama
+from standins.ollama.server import (
     BUSY_ERROR,
     VERSION,
     FakeOllama,
@@ -1189,6 +1190,16 @@ def test_control_endpoints_over_http(fake: FakeOllama) -> None:
     assert stats["requests"]["POST /api/chat"] == 2
     assert stats["chat_requests"][-1]["options"] == {"temperature": 0.3}
     assert stats["faults_served"] == 1
+    remote = RemoteOllama(fake.url)
+    for readings in (fake, remote):  # the typed calls read the same counters
+        assert readings.request_counts()["POST /api/chat"] == 2
+        assert readings.last_received()["options"] == {"temperature": 0.3}
+        assert readings.received() == stats["chat_requests"]
+        assert readings.faults_served() == 1
+        assert readings.token_times() == []  # both replies were whole, not streamed
+        assert (readings.in_flight(), readings.peak_in_flight(), readings.queued()) == (0, 1, 0)
+        assert (readings.loads(), readings.cancelled()) == (stats["loads"], 0)
+    remote.close()
     fake.configure(fail_next=[{"status": 503}])
     reset = httpx.post(fake.url + "/_fake/reset").json()
     assert (reset["requests"], reset["chat_requests"], reset["faults_served"]) == ({}, [], 0)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_runpod import FakeRunPod, clean_environ
+from standins.runpod import FakeRunPod, clean_environ
 from tests.harness import ROOT
 
 WORKER = "worker-t1"
@@ -161,10 +161,10 @@ def test_a_submitted_job_is_taken_by_get_job(sdk: SdkClient, server: FakeRunPod)
     assert record.submitted_at is not None
     assert record.taken_at is not None
     assert record.taken_at >= record.submitted_at
-    stats = server.stats()
-    assert stats["take_log"][-1][1:] == ("0", 1, WORKER)
-    assert stats["max_unfinished"] == stats["unfinished"] == 1
-    assert stats["auth_headers_nonempty"] == 0  # no API key reached the SDK
+    assert server.takes(WORKER)[-1][1:] == ("0", 1, WORKER)
+    assert server.takes("another-worker") == []
+    assert server.peak_unfinished() == server.unfinished() == 1
+    assert server.stats()["auth_headers_nonempty"] == 0  # no API key reached the SDK
 
 
 def test_an_empty_take_poll_is_a_204_after_take_poll_s(sdk: SdkClient, server: FakeRunPod) -> None:
@@ -173,8 +173,8 @@ def test_an_empty_take_poll_is_a_204_after_take_poll_s(sdk: SdkClient, server: F
     jobs, elapsed = sdk.call("get_job", n=1)
     assert jobs is None
     assert elapsed >= 0.3
-    assert server.stats()["take_polls"] == 1
-    assert server.stats()["open_take_polls"] == 0
+    assert server.poll_counts() == (1, 0)
+    assert server.open_polls() == 0
 
 
 def test_a_held_take_poll_answers_as_soon_as_a_job_arrives(
@@ -184,12 +184,12 @@ def test_a_held_take_poll_answers_as_soon_as_a_job_arrives(
     server.configure(take_poll_s=5)
     sdk.send("get_job", n=1)
     server.wait_for_poll(5, worker_id=WORKER)
-    assert server.stats()["open_take_polls"] == 1
+    assert server.open_polls() == 1
     job_id = server.submit({"prompt": "late"})
     answer = sdk.read()
     assert answer["answer"] == [{"id": job_id, "input": {"prompt": "late"}}]
     assert answer["elapsed"] < 5
-    assert server.stats()["take_polls"] == 1
+    assert server.poll_counts().take == 1
 
 
 def test_batch_take_returns_a_list_of_at_most_batch_size(
@@ -201,9 +201,8 @@ def test_batch_take_returns_a_list_of_at_most_batch_size(
     assert [job["id"] for job in first] == ids[:2]
     rest, _ = sdk.call("get_job", n=5)
     assert rest == [{"id": ids[2], "input": {"n": 3}}]
-    log = server.stats()["take_log"]
-    assert [entry[2] for entry in log] == [2, 5]
-    assert server.stats()["max_unfinished"] == 3
+    assert [take.batch_size for take in server.takes()] == [2, 5]
+    assert server.peak_unfinished() == 3
 
 
 def test_job_in_progress_is_logged_per_take(sdk: SdkClient, server: FakeRunPod) -> None:
@@ -211,7 +210,7 @@ def test_job_in_progress_is_logged_per_take(sdk: SdkClient, server: FakeRunPod) 
     sdk.call("progress", id="busy-job")
     server.submit({"x": 1})
     sdk.call("get_job", n=1)
-    assert server.stats()["take_log"][-1][1] == "1"
+    assert server.takes()[-1].job_in_progress == "1"
 
 
 def test_streamed_items_and_the_done_result_are_recorded(
@@ -282,8 +281,8 @@ def test_stop_signals_reach_get_stop_signals(sdk: SdkClient, server: FakeRunPod)
     record = server.record(job_id)
     assert record.stop_delivered_at is not None
     assert record.done is False
-    assert server.stats()["stop_polls"] == 2
-    assert server.stats()["unfinished"] == 0
+    assert server.poll_counts().stop == 2
+    assert server.unfinished() == 0
 
 
 def test_a_queued_job_stopped_is_never_taken(sdk: SdkClient, server: FakeRunPod) -> None:

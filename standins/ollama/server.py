@@ -78,6 +78,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from standins._server import ThreadedServer
+from standins.ollama.readings import OllamaReadings
 
 VERSION = "0.12.10"  # the release the Dockerfile pins
 DEFAULT_PORT = 11434
@@ -1548,7 +1549,7 @@ def _new_stats() -> dict[str, Any]:
     }
 
 
-class FakeOllama(ThreadedServer):
+class FakeOllama(OllamaReadings, ThreadedServer):
     """A real aiohttp server on 127.0.0.1 that behaves like Ollama for tests."""
 
     thread_name = "fake-ollama"

@@ -39,7 +39,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -120,6 +120,22 @@ class JobRecord:
     def done(self) -> bool:
         """Whether a job-done POST arrived for it."""
         return self.done_at is not None
+
+
+class Take(NamedTuple):
+    """One job-take request: when, its ``job_in_progress`` query, its batch size, its worker."""
+
+    at: float
+    job_in_progress: str | None
+    batch_size: int
+    worker_id: str
+
+
+class Polls(NamedTuple):
+    """Job-take and job-stop requests received since the last reset."""
+
+    take: int
+    stop: int
 
 
 class ClientGoneError(Exception):
@@ -332,12 +348,35 @@ class FakeRunPod(ThreadedServer):
             return stamp
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the counters; `take_log` as a list of (t, in_progress, batch, worker)."""
+        """A snapshot of every counter; `take_log` a list of `Take`s (typed calls below)."""
         with self._lock:
             snapshot = copy.deepcopy(self._stats)
             snapshot["queued"] = len(self._queue)
         snapshot["take_log"] = list(snapshot["take_log"])
         return snapshot
+
+    def takes(self, worker_id: str | None = None) -> list[Take]:
+        """The last 10,000 job-take requests (of one worker if named), oldest first."""
+        with self._lock:
+            log = list(self._stats["take_log"])
+        return [take for take in log if worker_id is None or take.worker_id == worker_id]
+
+    def open_polls(self) -> int:
+        """Job-take requests held open now, waiting for a job."""
+        return int(self.stats()["open_take_polls"])
+
+    def poll_counts(self) -> Polls:
+        """Job-take and job-stop requests received since the last reset."""
+        stats = self.stats()
+        return Polls(take=int(stats["take_polls"]), stop=int(stats["stop_polls"]))
+
+    def unfinished(self) -> int:
+        """Jobs handed to a worker whose job-done has not come."""
+        return int(self.stats()["unfinished"])
+
+    def peak_unfinished(self) -> int:
+        """The most jobs unfinished at once since the last reset."""
+        return int(self.stats()["max_unfinished"])
 
     def reset(self) -> None:
         """Forget every job and counter and restore the construction-time configuration.
@@ -513,7 +552,7 @@ class FakeRunPod(ThreadedServer):
                 stats["max_open_take_polls"], stats["open_take_polls"]
             )
             stats["take_log"].append(
-                (time.monotonic(), query.get("job_in_progress"), batch_size, worker_id)
+                Take(time.monotonic(), query.get("job_in_progress"), batch_size, worker_id)
             )
             self._note_auth(request)
             self._changed.notify_all()
