@@ -73,15 +73,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from standins._server import ThreadedServer
+from standins.ollama.host import connect_host, parse_ollama_host
 from standins.ollama.readings import OllamaReadings
 
 VERSION = "0.12.10"  # the release the Dockerfile pins
-DEFAULT_PORT = 11434
 DEFAULT_MODELS = ("llama3.1:8b", "voice-assistant:latest")
 STATE_FILE_NAME = "fake-ollama-models.json"
 BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
@@ -376,33 +375,6 @@ def server_keep_alive(text: str) -> float:
     if re.fullmatch(r"[+-]?\d+", text.strip()):
         return parse_keep_alive(int(text))
     return parse_keep_alive(text)
-
-
-def parse_ollama_host(value: str | None) -> tuple[str, int]:
-    """Split OLLAMA_HOST ("0.0.0.0:11434", "http://h:p", ":11434") like Ollama."""
-    text = (value or "").strip()
-    scheme, sep, hostport = text.partition("://")
-    default_port = DEFAULT_PORT
-    if not sep:
-        hostport = text
-    elif scheme == "http":
-        default_port = 80
-    elif scheme == "https":
-        default_port = 443
-    hostport = hostport.split("/", 1)[0]
-    parts = urlsplit("//" + hostport)
-    try:
-        port = parts.port
-    except ValueError:
-        return "127.0.0.1", DEFAULT_PORT
-    if port is None:
-        return parts.hostname or "127.0.0.1", default_port
-    return parts.hostname or "", port
-
-
-def connect_host(host: str) -> str:
-    """Map a listen address (empty, 0.0.0.0, ::) to one a client can dial."""
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 def _dumps(value: Any) -> str:
