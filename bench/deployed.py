@@ -1,5 +1,5 @@
 """The deployed worker: `python rp_handler.py` under RunPod's production job loop, fed by the
-stand-in job API (tests/fake_runpod.py, in this process), each figure beside the minimal
+stand-in job API (standins.runpod, in this process), each figure beside the minimal
 per-chunk handler (`reference_stream_handler.py`, the SDK's stock loop) in the same run.
 
 Stream delivery at 0/25/50 ms round trip, job start, saturation of 8 Ollama slots and VAPI

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fake_ollama import FakeConfig, FakeOllama
-from tests.fake_runpod import FakeRunPod
+from standins.ollama import FakeConfig, FakeOllama
+from standins.runpod import FakeRunPod
 from tests.harness import DeployedWorker, WorkerProcess
 from tests.real_ollama import RealOllamaServer, real_ollama_with_model
 

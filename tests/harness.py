@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from ollama_worker.config import DEFAULTS
-from tests.fake_runpod import FakeRunPod, JobRecord, clean_environ
+from standins.runpod import FakeRunPod, JobRecord, clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_BIN = ROOT / "tests" / "bin"

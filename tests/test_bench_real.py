@@ -16,7 +16,7 @@ from bench.__main__ import group_of
 from bench.common import BenchError, Figure
 from bench.real import Relay, job_input, ollama_body
 from scripts import real_ollama
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 
 
 def test_the_relay_stamps_each_token_as_it_leaves_ollama(fake: FakeOllama) -> None:

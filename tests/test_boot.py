@@ -28,7 +28,7 @@ import pytest
 
 from ollama_worker import boot
 from ollama_worker.config import DEFAULTS
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import tagged_processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """The stand-in Ollama checked against the real one: the same requests to both, answers compared.
 
 Every request the worker makes, and the errors it must read, goes to the real `ollama serve`
-0.12.10 with the real Gemma 3 270M and to `tests/fake_ollama.py` set up with the same models
+0.12.10 with the real Gemma 3 270M and to `standins/ollama` set up with the same models
 (the real store's names, ours built from the project's Modelfile). `differences` lists every
 way two answers differ, each as `path: real ..., stand-in ...`, so a failure reads as a list.
 Compared: the status, the content type, the framing (NDJSON lines and blank lines, SSE events,
@@ -38,7 +38,7 @@ import httpx
 import pytest
 
 from ollama_worker.ollama_client import parse_parameters
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.real_ollama import GEMMA3_TEMPLATE, MODEL, RealOllamaServer
 from tests.test_real_ollama import PNG, modelfile_parameters
 

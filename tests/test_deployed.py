@@ -18,8 +18,8 @@ import httpx
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.fake_ollama import FakeOllama
-from tests.fake_runpod import FakeRunPod, JobRecord
+from standins.ollama import FakeOllama
+from standins.runpod import FakeRunPod, JobRecord
 from tests.harness import ROOT, DeployedWorker
 
 CODED_ERROR = re.compile(

@@ -1,4 +1,4 @@
-"""Prove tests/fake_ollama.py and tests/bin/ollama are faithful, using real clients.
+"""Prove standins/ollama and tests/bin/ollama are faithful, using real clients.
 
 The official ``ollama`` and ``openai`` packages must parse every reply; the
 timing, concurrency and fault knobs must behave as documented; the process and
@@ -1222,9 +1222,9 @@ def test_start_delay_refuses_then_accepts() -> None:
 
 
 def test_process_mode_and_sigterm(tmp_path: Path) -> None:
-    """python -m tests.fake_ollama serves, takes HTTP control, exits 0 on SIGTERM."""
+    """python -m standins.ollama serves, takes HTTP control, exits 0 on SIGTERM."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.fake_ollama", "--port", str(port), "--reply", "Hi."]
+    cmd = [sys.executable, "-m", "standins.ollama", "--port", str(port), "--reply", "Hi."]
     env = child_env(OLLAMA_HOST="127.0.0.1:1", FAKE_OLLAMA_NUM_PARALLEL="3")
     with process(cmd, env, tmp_path / "log") as proc:
         wait_for_port(port)
@@ -1243,7 +1243,7 @@ def test_process_mode_and_sigterm(tmp_path: Path) -> None:
 
 def test_process_failure_switches(tmp_path: Path) -> None:
     """never_healthy, crash_on_start, start delay and crash_after_s via env vars."""
-    module = [sys.executable, "-m", "tests.fake_ollama"]
+    module = [sys.executable, "-m", "standins.ollama"]
     sick_port, dying_port = free_port(), free_port()
     sick_env = child_env(OLLAMA_HOST=f"127.0.0.1:{sick_port}", FAKE_OLLAMA_NEVER_HEALTHY="1")
     dying_env = child_env(
@@ -1367,7 +1367,7 @@ def test_process_age_counts_from_exec() -> None:
     # after exec however long its own imports took, as a real `ollama serve` would.
     code = (
         "import time; time.sleep(0.5); "
-        "from tests.fake_ollama import seconds_since_process_start as age; print(age())"
+        "from standins.ollama.server import seconds_since_process_start as age; print(age())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True

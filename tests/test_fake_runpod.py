@@ -337,9 +337,9 @@ def test_configure_rejects_unknown_and_negative_settings(server: FakeRunPod) -> 
 
 
 def test_process_mode_serves_and_takes_control_requests() -> None:
-    """`python -m tests.fake_runpod` prints its URL and env, and obeys /_fake/*."""
+    """`python -m standins.runpod` prints its URL and env, and obeys /_fake/*."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_runpod", "--port", "0", "--take-poll-s", "0.2"],
+        [sys.executable, "-m", "standins.runpod", "--port", "0", "--take-poll-s", "0.2"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

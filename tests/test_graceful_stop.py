@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fake_ollama import FakeOllama
-from tests.fake_runpod import FakeRunPod, JobRecord
+from standins.ollama import FakeOllama
+from standins.runpod import FakeRunPod, JobRecord
 from tests.harness import DeployedWorker, free_port
 
 # 15 words: "You said: " and them is 17 tokens, 1.7 s at 0.1 s a token.

@@ -20,7 +20,7 @@ import rp_handler
 from ollama_worker import jobs
 from ollama_worker.config import get_settings
 from ollama_worker.ollama_client import get_client
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import ROOT
 
 CODED_ERROR = re.compile(r"^[A-Z_]+: \S")

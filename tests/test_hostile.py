@@ -30,8 +30,8 @@ from ollama_worker import vapi_tools
 from ollama_worker.config import get_settings
 from ollama_worker.errors import ErrorCode, WorkerError
 from ollama_worker.schemas import InputLimits, parse_job
-from tests.fake_ollama import FakeOllama
-from tests.fake_runpod import FakeRunPod, RawJSON
+from standins.ollama import FakeOllama
+from standins.runpod import FakeRunPod, RawJSON
 from tests.harness import DeployedWorker, WorkerProcess
 from tests.vapi_fixtures import TOOLS_MODULE, load, tool_calls, webhook
 

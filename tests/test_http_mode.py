@@ -30,7 +30,7 @@ from ollama_worker import http_mode
 from ollama_worker.config import get_settings
 from ollama_worker.http_mode import Door, Worker, build_app
 from ollama_worker.ollama_client import get_client
-from tests.fake_ollama import FakeConfig, FakeOllama
+from standins.ollama import FakeConfig, FakeOllama
 from tests.harness import free_port
 from tests.hf_cache import NEW_REVISION, make_cache
 from tests.http_worker import HttpWorker

@@ -34,7 +34,7 @@ import pytest
 from ollama_worker import model_cache
 from ollama_worker.boot import BootError
 from scripts.real_ollama import RealOllama
-from tests.fake_runpod import FakeRunPod
+from standins.runpod import FakeRunPod
 from tests.harness import ROOT, DeployedWorker
 from tests.hf_cache import NEW_REVISION, OLD_REVISION, Cache, make_cache
 from tests.real_ollama import (

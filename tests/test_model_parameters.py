@@ -15,7 +15,7 @@ from ollama_worker import ollama_client
 from ollama_worker.config import get_settings
 from ollama_worker.ollama_client import OllamaClient, parse_parameters
 from rp_handler import handler
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import free_port
 from tests.vapi_fixtures import check_response, load, webhook
 

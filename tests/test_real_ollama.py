@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletion
 
 from ollama_worker.ollama_client import parse_parameters
 from scripts.real_ollama import wanted_version
-from tests.fake_runpod import FakeRunPod
+from standins.runpod import FakeRunPod
 from tests.harness import ROOT, DeployedWorker, WorkerProcess, tagged_processes
 from tests.real_ollama import MODEL, RealOllamaServer, is_model_runner, real_boot_env
 from tests.test_worker_integration import error_of

@@ -25,7 +25,7 @@ from ollama_worker.vapi import MODELFILE, system_prompt
 from ollama_worker.vapi_auth import check_webhook_auth
 from ollama_worker.vapi_tools import reset_tools
 from rp_handler import handler
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import ROOT, free_port
 from tests.vapi_fixtures import (
     INFORMATIONAL,

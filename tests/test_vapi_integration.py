@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.fake_ollama import FakeOllama
-from tests.fake_runpod import FakeRunPod
+from standins.ollama import FakeOllama
+from standins.runpod import FakeRunPod
 from tests.harness import DeployedWorker, WorkerProcess, free_port
 from tests.vapi_fixtures import (
     INFORMATIONAL,

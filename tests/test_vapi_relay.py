@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from examples import vapi_relay
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import ROOT, WorkerProcess, free_port
 from tests.vapi_fixtures import vapi_sign
 

@@ -15,7 +15,7 @@ import pytest
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.fake_ollama import FakeOllama
+from standins.ollama import FakeOllama
 from tests.harness import ROOT, WorkerProcess, free_port
 
 CODED_ERROR = re.compile(
@@ -238,7 +238,7 @@ def test_unreachable_ollama_and_a_late_start() -> None:
             [
                 sys.executable,
                 "-m",
-                "tests.fake_ollama",
+                "standins.ollama",
                 "--port",
                 str(port),
                 "--start-delay",
