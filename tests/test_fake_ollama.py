@@ -36,18 +36,12 @@ from hypothesis import strategies as st
 
 from scripts.real_ollama import pinned_version
 from standins.ollama import RemoteOllama
-from standins.ollama.server import (
-    BUSY_ERROR,
-    VERSION,
-    FakeOllama,
-    coerce_config,
-    config_from_env,
-    normalize_model,
-    parse_go_duration,
-    parse_keep_alive,
-    parse_ollama_host,
-    tokenize,
-)
+from standins.ollama.faults import coerce_config, config_from_env
+from standins.ollama.host import parse_ollama_host
+from standins.ollama.models import normalize_model
+from standins.ollama.replies import tokenize
+from standins.ollama.server import FakeOllama
+from standins.ollama.wire import BUSY_ERROR, VERSION, parse_go_duration, parse_keep_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLLAMA_BIN = REPO_ROOT / "tests" / "bin" / "ollama"

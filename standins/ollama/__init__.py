@@ -19,11 +19,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from standins.ollama.faults import FakeConfig
     from standins.ollama.readings import OllamaReadings, RemoteOllama
-    from standins.ollama.server import FakeConfig, FakeOllama
+    from standins.ollama.server import FakeOllama
 
 _HOMES = {
-    "FakeConfig": "standins.ollama.server",
+    "FakeConfig": "standins.ollama.faults",
     "FakeOllama": "standins.ollama.server",
     "OllamaReadings": "standins.ollama.readings",
     "RemoteOllama": "standins.ollama.readings",

@@ -248,17 +248,19 @@ def create_request(name: str, modelfile: str) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the fake server until SIGTERM/SIGINT, persisting pulled models."""
-    from standins.ollama import server as fake  # here: client commands need no aiohttp
+    from standins.ollama.faults import config_from_env  # here: client commands need no aiohttp
+    from standins.ollama.models import STATE_FILE_NAME
+    from standins.ollama.server import run_process
 
     models_dir = Path(os.environ.get("OLLAMA_MODELS") or "~/.ollama/models").expanduser()
     models_dir.mkdir(parents=True, exist_ok=True)
     host, port = parse_ollama_host(os.environ.get("OLLAMA_HOST"))
     changes: dict[str, Any] = {
         "models": [],
-        "state_file": str(models_dir / fake.STATE_FILE_NAME),
+        "state_file": str(models_dir / STATE_FILE_NAME),
     }
-    changes.update(fake.config_from_env(os.environ))
-    return int(fake.run_process(host, port, changes))
+    changes.update(config_from_env(os.environ))
+    return int(run_process(host, port, changes))
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
