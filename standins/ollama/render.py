@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
@@ -270,11 +271,12 @@ class OpenAIChatRenderer(OpenAIRenderer):
 
     def step(self, kind: str, value: Any) -> bytes:
         """One chat.completion.chunk event."""
-        delta = {
+        deltas: dict[str, Callable[[], dict[str, Any]]] = {
             "thinking": lambda: {"reasoning": value},
             "tool_calls": lambda: {"tool_calls": self._tool_calls(value)},
             "content": lambda: {"content": value},
-        }[kind]()
+        }
+        delta = deltas[kind]()
         return _sse(self._delta_chunk(delta, None))
 
     def done(self, plan: Plan, timing: dict[str, int]) -> bytes:

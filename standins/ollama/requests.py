@@ -6,7 +6,7 @@ import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from standins.ollama.models import valid_model_name
 from standins.ollama.wire import HandlerError, RequestError, parse_keep_alive
@@ -25,7 +25,7 @@ OPTION_KINDS: dict[str, str] = {
 }
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number (Go's float64), not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -131,7 +131,8 @@ def _require_object(body: Any, go_type: str) -> dict[str, Any]:
     if body is None:
         return {}
     if not isinstance(body, dict):
-        kind = {list: "array", str: "string"}.get(type(body), "number")
+        kinds: dict[type, str] = {list: "array", str: "string"}
+        kind = kinds.get(type(body), "number")
         raise RequestError(400, f"json: cannot unmarshal {kind} into Go value of type {go_type}")
     return body
 
@@ -299,7 +300,8 @@ def _json_kind(value: Any) -> str:
     """How encoding/json names a JSON value in an UnmarshalTypeError."""
     if isinstance(value, bool):
         return "bool"
-    return {dict: "object", list: "array", str: "string"}.get(type(value), "number")
+    kinds: dict[type, str] = {dict: "object", list: "array", str: "string"}
+    return kinds.get(type(value), "number")
 
 
 def _check_openai_bind(messages: list[Any]) -> None:

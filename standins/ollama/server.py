@@ -531,7 +531,8 @@ class FakeOllama(OllamaReadings, ThreadedServer):
 
     def _families(self, entry: ModelEntry) -> list[str]:
         """The model's base names, lower-case and untagged: its own and its ancestors'."""
-        names, seen, current = [], set(), entry
+        names, seen = [], set()
+        current: ModelEntry | None = entry
         while current is not None and current.name not in seen:
             seen.add(current.name)
             names.append(current.name.rsplit("/", 1)[-1].split(":", 1)[0].lower())

@@ -335,7 +335,7 @@ class FakeRunPod(ThreadedServer):
                 if since is not None and stamp < since:
                     return None
                 if worker_id is None or worker == worker_id:
-                    return stamp
+                    return float(stamp)
             return None
 
         with self._lock:
