@@ -38,12 +38,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from standins._server import ThreadedServer
+from standins.runpod.wire import JobRecord, Polls, Take, post_body, take_body
 
 DEFAULT_ENDPOINT = "ep-fake"
 DEFAULT_WORKER = "worker-1"
@@ -67,75 +68,6 @@ class FakeRunPodConfig:
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FakeRunPodConfig))
-
-
-@dataclass(frozen=True)
-class RawJSON:
-    """A job input given as JSON text and served verbatim in the job-take answer.
-
-    For inputs Python cannot build or dump but RunPod passes on: JSON sets no depth limit
-    (RFC 8259 leaves one to implementations; Go's encoding/json allows 10,000 levels), while
-    Python's json raises RecursionError near 1,000, and runpod 1.12.0's get_job
-    (rp_job.py) catches only ContentTypeError and ValueError around its parse.
-    """
-
-    text: str
-
-
-@dataclass
-class JobRecord:
-    """Everything the stand-in saw of one job, with time.monotonic() stamps."""
-
-    id: str
-    input: Any
-    submitted_at: float | None
-    taken_at: float | None = None
-    taken_by: str | None = None
-    stream: list[tuple[float, Any]] = field(default_factory=list)
-    done_at: float | None = None
-    result: dict[str, Any] | None = None
-    status: str | None = None  # "COMPLETED", "FAILED", "CANCELLED" (stopped while queued)
-    done_posts: int = 0  # job-done POSTs received: more than one is a protocol bug
-    is_stream_flags: list[str | None] = field(default_factory=list)  # isStream of each done
-    stop_requested_at: float | None = None
-    stop_delivered_at: float | None = None
-    for_worker: str | None = None  # only this worker may take it (None: any)
-
-    @property
-    def stream_items(self) -> list[Any]:
-        """The items streamed to /job-stream, in arrival order."""
-        return [item for _, item in self.stream]
-
-    @property
-    def output(self) -> Any:
-        """The job-done body's `output` (None when absent or not done)."""
-        return (self.result or {}).get("output")
-
-    @property
-    def error(self) -> Any:
-        """The job-done body's `error` (None when absent or not done)."""
-        return (self.result or {}).get("error")
-
-    @property
-    def done(self) -> bool:
-        """Whether a job-done POST arrived for it."""
-        return self.done_at is not None
-
-
-class Take(NamedTuple):
-    """One job-take request: when, its ``job_in_progress`` query, its batch size, its worker."""
-
-    at: float
-    job_in_progress: str | None
-    batch_size: int
-    worker_id: str
-
-
-class Polls(NamedTuple):
-    """Job-take and job-stop requests received since the last reset."""
-
-    take: int
-    stop: int
 
 
 class ClientGoneError(Exception):
@@ -572,12 +504,8 @@ class FakeRunPod(ThreadedServer):
             if not taken:
                 return web.Response(status=204)
             with self._lock:
-                jobs = [
-                    f'{{"id": {json.dumps(job_id)}, "input": {_json_text(record.input)}}}'
-                    for job_id in taken
-                    if (record := self._records.get(job_id)) is not None
-                ]
-            body = f"[{', '.join(jobs)}]" if batch else jobs[0]
+                records = [r for job_id in taken if (r := self._records.get(job_id)) is not None]
+            body = take_body(records, batch)
             response = web.Response(text=body, content_type="application/json")
             await response.prepare(request)
             await response.write_eof()
@@ -617,11 +545,9 @@ class FakeRunPod(ThreadedServer):
         worker_id, job_id = request.match_info["worker_id"], request.match_info["job_id"]
         raw = await request.read()
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return web.json_response({"error": "body is not JSON text"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body is not a JSON object"}, status=400)
+            body = post_body(raw)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         with self._lock:
             cfg = copy.copy(self._config)
             record = self._post_record(job_id, worker_id)
@@ -731,11 +657,6 @@ class FakeRunPod(ThreadedServer):
         self._serving(stop)
         # A closed long-poll's handler is cancelled (_run_app): it must not take a job.
         await self._run_app(self._make_app(), self._bind(), stop, on_ready)
-
-
-def _json_text(value: Any) -> str:
-    """A job input as the JSON text of the job-take answer."""
-    return value.text if isinstance(value, RawJSON) else json.dumps(value)
 
 
 def _config(base: FakeRunPodConfig, changes: Mapping[str, Any]) -> FakeRunPodConfig:
