@@ -28,7 +28,7 @@ def test_the_relay_stamps_each_token_as_it_leaves_ollama(fake: FakeOllama) -> No
                 with client.stream("POST", "/api/chat", json=ollama_body(job_input(8))) as answer:
                     lines = [json.loads(line) for line in answer.iter_lines()]
                 first, end = relay.take()
-                [written] = fake.stats()["stream_token_times"][-1:]
+                [written] = fake.token_times()[-1:]
                 # The relay stamps a token after the stand-in wrote it and long before the
                 # stand-in writes its last, 150 ms later (bounds wide enough for a busy CPU).
                 assert written[0] <= first < written[-1]

@@ -114,7 +114,7 @@ def test_whole_chat(deployed: DeployedWorker, fake: FakeOllama) -> None:
     assert item["message"] == {"role": "assistant", "content": "You said: hello there"}
     assert item["done_reason"] == "stop"
     assert item["usage"]["completion_tokens"] == 4
-    assert fake.stats()["chat_requests"][-1]["stream"] is False
+    assert fake.received()[-1]["stream"] is False
 
 
 def test_streamed_chat_items_add_up_to_the_reply(deployed: DeployedWorker) -> None:
@@ -267,7 +267,7 @@ def test_a_stopped_job_stops_its_generation_and_posts_no_result(
     words = " ".join(f"w{i}" for i in range(60))  # about 12 s of tokens
     job_id = deployed.submit({"prompt": words, "stream": True})
     fake_runpod.wait_stream(job_id, 1, timeout=JOB_TIMEOUT_S)
-    assert fake.stats()["in_flight"] == 1
+    assert fake.in_flight() == 1
     fake_runpod.stop_job(job_id)
     delivered = wait_until(
         lambda: fake_runpod.record(job_id).stop_delivered_at is not None,
@@ -276,7 +276,7 @@ def test_a_stopped_job_stops_its_generation_and_posts_no_result(
     )
     # Ollama's generation ends because the worker closed its connection, long before the
     # 12 s the reply would take.
-    stopped = wait_until(lambda: fake.stats()["in_flight"] == 0, 5, "Ollama's generation ending")
+    stopped = wait_until(lambda: fake.in_flight() == 0, 5, "Ollama's generation ending")
     assert stopped - delivered < 1.5
     fake.configure(token_delay_s=0.0)
     still_serves(deployed)
@@ -302,7 +302,7 @@ def test_thirty_jobs_at_once_never_exceed_max_concurrency(
     stats = fake_runpod.stats()
     assert stats["max_unfinished"] <= 8, stats
     assert stats["max_unfinished"] == 8, stats  # and it does use all 8 slots
-    assert fake.stats()["max_in_flight"] <= 8
+    assert fake.peak_in_flight() <= 8
 
 
 # --- logs ------------------------------------------------------------------------------

@@ -512,9 +512,9 @@ async def test_load_delay_paid_once(fake: FakeOllama, aclient: ollama.AsyncClien
     elapsed = time.monotonic() - started
     assert 0.35 < elapsed < 2.0
     assert all(r.load_duration and r.load_duration > 0.3e9 for r in replies)
-    assert fake.stats()["loads"] == 1
+    assert fake.loads() == 1
     warm = await aclient.chat(model=MODEL, messages=USER)
-    assert fake.stats()["loads"] == 1
+    assert fake.loads() == 1
     assert warm.load_duration is not None
     assert warm.load_duration < 0.2e9
 
@@ -527,7 +527,7 @@ async def test_num_parallel_bounds_concurrency(
     fake.configure(num_parallel=2, token_delay_s=0.05)
     started = time.monotonic()
     await asyncio.gather(*(aclient.chat(model=MODEL, messages=USER) for _ in range(6)))
-    assert fake.stats()["max_in_flight"] == 2
+    assert fake.peak_in_flight() == 2
     assert time.monotonic() - started > 0.4  # three waves of ~0.15 s
 
 
@@ -610,11 +610,11 @@ def test_non_stream_generation_stops_when_the_client_leaves(fake: FakeOllama) ->
             json=chat_body(stream=False),
             timeout=httpx.Timeout(5, read=0.3),
         )
-    while fake.stats()["in_flight"] and time.monotonic() - started < 3:
+    while fake.in_flight() and time.monotonic() - started < 3:
         time.sleep(0.01)
     # Generating all four tokens would take 0.8 s; stopping takes well under that.
     assert time.monotonic() - started < 0.7
-    assert (fake.stats()["in_flight"], fake.stats()["cancelled"]) == (0, 1)
+    assert (fake.in_flight(), fake.cancelled()) == (0, 1)
 
 
 def test_header_delay_and_client_disconnect(fake: FakeOllama) -> None:
@@ -623,9 +623,9 @@ def test_header_delay_and_client_disconnect(fake: FakeOllama) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(fake.url + "/api/chat", json=chat_body(), timeout=httpx.Timeout(5, read=0.1))
     deadline = time.monotonic() + 3
-    while fake.stats()["in_flight"] and time.monotonic() < deadline:
+    while fake.in_flight() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert fake.stats()["in_flight"] == 0
+    assert fake.in_flight() == 0
 
 
 # ---------------------------------------------------------------------------
@@ -643,7 +643,7 @@ def test_status_faults(fake: FakeOllama, client: ollama.Client, status: int) -> 
     if status == 503:
         assert err.value.error == BUSY_ERROR
     assert client.chat(model=MODEL, messages=USER).done
-    assert fake.stats()["faults_served"] == 1
+    assert fake.faults_served() == 1
 
 
 def test_midstream_error_fault(fake: FakeOllama, client: ollama.Client) -> None:
@@ -675,7 +675,7 @@ def test_drop_faults(fake: FakeOllama, client: ollama.Client) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         drain(client.chat(model=MODEL, messages=USER, stream=True), seen)
     assert seen == ["You "]
-    assert fake.stats()["faults_served"] == 2
+    assert fake.faults_served() == 2
 
 
 def test_wire_faults_of_a_proxied_or_dying_ollama(fake: FakeOllama) -> None:
@@ -703,7 +703,7 @@ def test_wire_faults_of_a_proxied_or_dying_ollama(fake: FakeOllama) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>502 Bad Gateway</title>" in page.text
     assert page.text.count("\n") > 3
-    assert fake.stats()["faults_served"] == 4
+    assert fake.faults_served() == 4
 
 
 def test_final_text_fault(fake: FakeOllama, client: ollama.Client) -> None:
@@ -842,7 +842,7 @@ def test_openai_tool_calls(fake: FakeOllama, oai: openai.OpenAI) -> None:
     assert deltas[0][0].function is not None
     assert deltas[0][0].function.name == "get_weather"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    assert fake.stats()["chat_requests"][-1]["tools"][0]["function"]["name"] == "get_weather"
+    assert fake.received()[-1]["tools"][0]["function"]["name"] == "get_weather"
 
 
 def test_openai_completions_models_and_not_found(oai: openai.OpenAI) -> None:
@@ -911,7 +911,7 @@ def test_openai_ignores_what_ollama_does_not_read(fake: FakeOllama, oai: openai.
     [choice] = whole.choices
     assert (choice.message.content, choice.finish_reason) == ("You said: hello there", "stop")
     assert choice.logprobs is None
-    assert "num_predict" not in fake.stats()["chat_requests"][-1].get("options", {})
+    assert "num_predict" not in fake.received()[-1].get("options", {})
     capped = oai.chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
     assert (capped.choices[0].message.content, capped.choices[0].finish_reason) == (
         "You ",
@@ -988,7 +988,7 @@ def test_openai_rejects_the_messages_ollama_rejects(
     assert reply.status_code == 400
     assert reply.json()["error"]["message"] == error
     assert reply.json()["error"]["type"] == (kind or "invalid_request_error")
-    assert fake.stats()["in_flight"] == fake.stats()["loads"] == 0  # refused before the model
+    assert fake.in_flight() == fake.loads() == 0  # refused before the model
 
 
 def test_openai_accepts_what_ollama_accepts(oai: openai.OpenAI) -> None:

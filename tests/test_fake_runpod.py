@@ -234,7 +234,7 @@ def test_streamed_items_and_the_done_result_are_recorded(
     assert record.done_posts == 1
     assert record.done_at is not None
     assert record.done_at >= record.stream[-1][0]
-    assert server.stats()["unfinished"] == 0
+    assert server.unfinished() == 0
 
 
 def test_an_error_result_is_a_failed_job(sdk: SdkClient, server: FakeRunPod) -> None:

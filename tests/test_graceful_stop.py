@@ -87,7 +87,7 @@ def test_the_handler_alone_stops_at_once_though_runpod_holds_its_polls_open(
     # No boot script: the SDK's own loop would wait up to 90 s for each open long-poll.
     with DeployedWorker(patient_runpod, {"OLLAMA_HOST": fake.host_port}) as worker:
         assert worker.run({"prompt": "hi"}).status == "COMPLETED"
-        assert patient_runpod.stats()["open_take_polls"] >= 1
+        assert patient_runpod.open_polls() >= 1
         stopped = time.monotonic()
         worker.signal(signal.SIGTERM)
         assert worker.wait_exit(15) == 0, worker.log()
@@ -106,13 +106,13 @@ def test_a_stopped_stream_frees_its_ollama_slot(
     with DeployedWorker(patient_runpod, env) as worker:
         job_id = worker.submit({"prompt": PROMPT, "stream": True})
         wait_streaming(worker, [job_id])
-        assert fake.stats()["in_flight"] == 1
+        assert fake.in_flight() == 1
         worker.signal(signal.SIGTERM)
         worker.wait_exit(15)
         deadline = time.monotonic() + 2
-        while fake.stats()["in_flight"] and time.monotonic() < deadline:
+        while fake.in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert fake.stats()["in_flight"] == 0
+        assert fake.in_flight() == 0
 
 
 def test_fitness_checks_run_while_ollama_starts_and_no_job_is_taken_before_it_answers(

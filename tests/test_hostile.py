@@ -99,7 +99,7 @@ def with_a_normal_job(worker: Worker, hostile: Callable[[], Any]) -> Any:
 
 def ollama_saw(fake: FakeOllama) -> str:
     """Every generation request body the stand-in received since the reset, as JSON text."""
-    return json.dumps(fake.stats()["chat_requests"])
+    return json.dumps(fake.received())
 
 
 class LogSince:
@@ -164,7 +164,7 @@ def test_an_image_path_is_refused_and_never_read(
         assert error_of(output) == (
             "INVALID_INPUT: messages.0.images.0: an image must be base64 data (not a path or URL)"
         )
-    sent = fake.stats()["chat_requests"]
+    sent = fake.received()
     assert all(body["messages"][-1]["content"] == NORMAL["prompt"] for body in sent)
 
 
@@ -181,7 +181,7 @@ def test_a_path_that_is_also_base64_is_sent_as_data_not_read(
     finally:
         path.unlink()
     assert item["message"]["content"] == "You said: see"
-    [body] = fake.stats()["chat_requests"]
+    [body] = fake.received()
     assert body["messages"][-1]["images"] == [str(path)]  # its own bytes, encoded back
     assert base64.b64encode(secret).decode() not in ollama_saw(fake)
 
@@ -193,7 +193,7 @@ def test_images_count_against_their_cap(worker: Worker, fake: FakeOllama) -> Non
     assert message == (
         "INVALID_INPUT: images are 20,000,004 bytes; the limit is 20,000,000 (MAX_IMAGE_BYTES)"
     )
-    assert fake.stats()["chat_requests"] == []
+    assert fake.received() == []
 
 
 # --- 2. stuck sync tools stall nothing else ----------------------------------------------------
@@ -300,7 +300,7 @@ def test_the_openai_route_and_vapi_custom_llm_cannot_either(
     [item] = answer(worker, webhook(body))
     assert item["response"]["choices"][0]["message"]["content"] == "You said: hi"
     assert {name: ctx for name, (_expiry, ctx) in loaded(fake).items()} == before
-    assert "keep_alive" not in fake.stats()["chat_requests"][-1]
+    assert "keep_alive" not in fake.received()[-1]
 
 
 # --- 4. the final chunk's text ------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_ollama_faults_are_coded_one_line_errors(
     output, took = timed(lambda: answer(worker, {"prompt": "a b c", "stream": stream}))
     assert error_of(output).startswith(says)
     assert took < BOUND_S
-    assert len(fake.stats()["chat_requests"]) == 1  # a 200 may have started a generation
+    assert len(fake.received()) == 1  # a 200 may have started a generation
     assert "Traceback" not in log.text()
     assert "INTERNAL" not in log.text()
 
@@ -489,7 +489,7 @@ def test_a_slow_generation_is_not_sent_again(
         output, took = timed(lambda: answer(worker, {"prompt": "think hard"}))
     assert error_of(output).startswith("TIMEOUT: Ollama did not answer in time")
     assert took < 5  # one read timeout, not the retry deadline
-    assert len(fake.stats()["chat_requests"]) == 1
+    assert len(fake.received()) == 1
 
 
 # --- 9. the log cannot be forged, and keeps a tool's secrets ----------------------------------

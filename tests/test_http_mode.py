@@ -165,7 +165,7 @@ def test_the_openai_client_chats_whole_and_streamed(lb: HttpWorker) -> None:
         "You said: hi there"
     )
     assert chunks[-1].choices[0].finish_reason == "stop"
-    sent = lb.ollama_stats()["chat_requests"]
+    sent = lb.stand_in.received()
     # The model default fills an empty model; the request's max_tokens goes through.
     assert [body["model"] for body in sent] == ["voice-assistant", "voice-assistant"]
     assert sent[0]["max_tokens"] == 32
@@ -184,7 +184,7 @@ def test_vapi_custom_llm_extras_are_dropped_and_the_url_works_as_is(lb: HttpWork
     assert streamed.headers["content-type"].startswith("text/event-stream")
     _chunks, text = sse_chunks([streamed.text])
     assert text == "You said: What is your return policy?"
-    for body in lb.ollama_stats()["chat_requests"]:
+    for body in lb.stand_in.received():
         assert not {"call", "metadata", "customer", "phoneNumber"} & set(body), body
         assert body["temperature"] == 0.7
 
@@ -386,7 +386,7 @@ def test_beyond_max_concurrency_a_request_waits_a_bounded_time_then_gets_429(
         assert 0.5 <= waited < 3, waited  # HTTP_QUEUE_TIMEOUT_S=0.5, then a fast answer
         assert busy.value.response.headers["retry-after"] == "1"
         assert busy.value.code == "WORKER_BUSY"
-        assert lb.ollama_stats()["max_in_flight"] == 2
+        assert lb.stand_in.peak_in_flight() == 2
     finally:
         for stream, _lines in holding:
             stream.__exit__(None, None, None)
@@ -397,7 +397,7 @@ def test_a_request_that_finds_a_slot_within_the_wait_is_served(lb: HttpWorker) -
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: lb.http.post("/chat", json={"prompt": "hi"}), range(4)))
     assert [answer.status_code for answer in answers] == [200] * 4
-    assert lb.ollama_stats()["max_in_flight"] == 2
+    assert lb.stand_in.peak_in_flight() == 2
 
 
 def test_request_bodies_are_size_limited(lb: HttpWorker) -> None:
@@ -472,11 +472,11 @@ def test_a_client_that_leaves_mid_stream_frees_ollama_at_once(lb: HttpWorker) ->
         lines = response.iter_lines()
         next(lines)
         time.sleep(0.5)
-        assert lb.ollama_stats()["in_flight"] == 1  # still generating while we listen
+        assert lb.stand_in.in_flight() == 1  # still generating while we listen
         left = time.monotonic()
-    wait_until(lambda: lb.ollama_stats()["in_flight"] == 0, timeout=3)
+    wait_until(lambda: lb.stand_in.in_flight() == 0, timeout=3)
     assert time.monotonic() - left < 1.5
-    assert lb.ollama_stats()["cancelled"] == 1
+    assert lb.stand_in.cancelled() == 1
     wait_until(lambda: "client left; generation cancelled" in lb.log())
 
 
@@ -495,7 +495,7 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_the_rest() -> None:
     env = {**COMMON, "FAKE_OLLAMA_TOKEN_DELAY_S": "0.1"}
     with HttpWorker(env) as worker, ThreadPoolExecutor(2) as pool:
         streams: list[Future[str]] = [pool.submit(_stream_text, worker) for _ in range(2)]
-        wait_until(lambda: worker.ollama_stats()["in_flight"] == 2)
+        wait_until(lambda: worker.stand_in.in_flight() == 2)
         stopped = time.monotonic()
         worker.signal(signal.SIGTERM)
         wait_until(lambda: "got SIGTERM: the health check answers 503" in worker.log())

@@ -166,7 +166,7 @@ async def test_assistant_request_stays_fast_when_ollama_does_not_answer(
 
 def _sent(fake: FakeOllama) -> dict[str, Any]:
     """The body of the one generation request the stand-in received."""
-    (body,) = fake.stats()["chat_requests"]
+    (body,) = fake.received()
     return body
 
 

@@ -588,7 +588,7 @@ async def test_custom_llm_answers_a_chat_completion_without_vapi_extras(
     assert item["call_id"] == "call-7f3c"
     completion = ChatCompletion.model_validate(item["response"])
     assert completion.choices[0].message.content == "You said: What is your return policy?"
-    (sent,) = fake.stats()["chat_requests"]
+    (sent,) = fake.received()
     assert set(sent) == {"model", "messages", "temperature", "max_tokens", "stream"}
 
 

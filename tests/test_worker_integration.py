@@ -55,7 +55,7 @@ def test_chat_whole_reply(worker: WorkerProcess, fake: FakeOllama) -> None:
         "eval_ms",
         "tokens_per_second",
     }
-    sent = fake.stats()["chat_requests"][-1]
+    sent = fake.received()[-1]
     assert sent["options"] == {"temperature": 0.3, "num_predict": 50}
     assert sent["stream"] is False
 
@@ -131,7 +131,7 @@ def test_model_not_found_names_the_installed_models(worker: WorkerProcess) -> No
 def test_oversized_input_is_refused(worker: WorkerProcess, fake: FakeOllama) -> None:
     message = error_of(worker.output({"prompt": "x" * 1_000_001}))
     assert message.startswith("INVALID_INPUT: message text is 1,000,001 characters")
-    assert fake.stats()["chat_requests"] == []  # refused before Ollama saw it
+    assert fake.received() == []  # refused before Ollama saw it
 
 
 def test_ollama_error_before_the_reply(worker: WorkerProcess, fake: FakeOllama) -> None:
@@ -152,14 +152,14 @@ def test_connection_dropped_mid_stream(worker: WorkerProcess, fake: FakeOllama) 
     output = worker.output({"prompt": "one two three", "stream": True})
     assert len(output) == 2
     assert error_of(output).startswith("OLLAMA_ERROR: the connection to Ollama broke mid-stream")
-    assert len(fake.stats()["chat_requests"]) == 1  # not retried once the stream had begun
+    assert len(fake.received()) == 1  # not retried once the stream had begun
 
 
 def test_faults_before_the_first_byte_are_retried(worker: WorkerProcess, fake: FakeOllama) -> None:
     fake.configure(fail_next=[{"status": 503}, {"status": 502}, {"status": 504}])
     [item] = worker.output({"prompt": "still there?"})
     assert item["message"]["content"] == "You said: still there?"
-    assert len(fake.stats()["chat_requests"]) == 4
+    assert len(fake.received()) == 4
 
 
 def test_a_connection_dropped_before_the_reply_is_not_retried(
@@ -170,7 +170,7 @@ def test_a_connection_dropped_before_the_reply_is_not_retried(
     fake.configure(fail_next=[{"drop": "before_headers"}])
     message = error_of(worker.output({"prompt": "still there?"}))
     assert message.startswith("OLLAMA_ERROR: the connection to Ollama broke before replying")
-    assert len(fake.stats()["chat_requests"]) == 1
+    assert len(fake.received()) == 1
 
 
 def test_busy_past_the_deadline_and_slow_replies(fake: FakeOllama) -> None:
@@ -210,12 +210,12 @@ def test_a_job_stuck_behind_busy_slots_times_out(fake: FakeOllama) -> None:
         )
         blocker.start()
         try:
-            while fake.stats()["in_flight"] < 1:  # the one slot is taken for 3 s
+            while fake.in_flight() < 1:  # the one slot is taken for 3 s
                 time.sleep(0.01)
             started = time.monotonic()
             message = error_of(impatient.output({"prompt": "waiting in line"}))
             elapsed = time.monotonic() - started
-            while not fake.stats()["cancelled"] and time.monotonic() - started < 3:
+            while not fake.cancelled() and time.monotonic() - started < 3:
                 time.sleep(0.01)  # the job's request leaves the queue as the worker gives up
             stats = fake.stats()
         finally:
@@ -266,7 +266,7 @@ def test_eight_jobs_really_run_at_once(worker: WorkerProcess, fake: FakeOllama) 
     with ThreadPoolExecutor(8) as pool:
         outputs = list(pool.map(lambda i: worker.output({"prompt": f"job {i}"}), range(8)))
     assert [o[0]["message"]["content"] for o in outputs] == [f"You said: job {i}" for i in range(8)]
-    assert fake.stats()["max_in_flight"] == 8
+    assert fake.peak_in_flight() == 8
 
 
 def test_200_jobs_at_16_way_concurrency_with_injected_503s(
@@ -347,7 +347,7 @@ def test_openai_max_completion_tokens_is_honoured(worker: WorkerProcess, fake: F
     [answer] = worker.output(openai_job("/v1/chat/completions", body))
     choice = ChatCompletion.model_validate(answer).choices[0]
     assert (choice.message.content, choice.finish_reason) == ("You said: ", "length")
-    assert fake.stats()["chat_requests"][-1]["max_tokens"] == 2
+    assert fake.received()[-1]["max_tokens"] == 2
 
 
 def test_openai_models_completions_and_embeddings(worker: WorkerProcess) -> None:
