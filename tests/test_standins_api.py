@@ -65,3 +65,7 @@ def test_every_typed_call_is_documented_in_the_package() -> None:
     assert len(calls) >= 10
     for name in calls:
         assert f"{name}()" in (standins.ollama.__doc__ or ""), name
+    runpod_doc = " ".join((standins.runpod.__doc__ or "").split())
+    for name in ("takes", "open_polls", "poll_counts", "unfinished", "peak_unfinished", "stats"):
+        assert callable(getattr(standins.runpod.FakeRunPod, name)), name
+        assert f"{name}(" in runpod_doc, name

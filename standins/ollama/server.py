@@ -35,7 +35,8 @@ Stats: ``requests`` ("METHOD /path" counts), ``in_flight``/``max_in_flight``
 100 generation bodies), ``loads``, ``faults_served``, ``cancelled`` (generations
 stopped because their client left), ``stream_token_times`` (for each of the last
 100 streams, the ``time.monotonic()`` at which each token chunk was written: the
-bench's time-to-first-token reference).
+bench's time-to-first-token reference). Outside the package, read them with the typed calls
+of ``standins.ollama.readings.OllamaReadings`` (``received()``, ``peak_in_flight()``, ...).
 
 As in Ollama 0.12.10, a loaded model's requests wait for a slot without limit:
 the only unforced 503 is ``server busy`` for requests beyond ``max_queue`` that

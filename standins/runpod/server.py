@@ -18,7 +18,8 @@ endpoints the SDK's JobScaler uses (serverless/modules/rp_job.py, rp_http.py):
 Tests drive it from their own thread: ``worker_env()`` gives the variables that point a
 worker's SDK here, ``submit()`` queues jobs, ``wait_done()`` returns a ``JobRecord`` with
 every streamed item and the job-done body, each with its ``time.monotonic()`` arrival
-(FakeOllama's clock). ``stats()`` counts polls and the most jobs ever taken and unfinished.
+(FakeOllama's clock). ``takes()``, ``open_polls()``, ``poll_counts()``, ``unfinished()`` and
+``peak_unfinished()`` read what it counted; ``stats()`` is the whole snapshot.
 ``python -m standins.runpod --port N`` serves it as a process, steered over ``/_fake/*``.
 """
 
