@@ -59,6 +59,8 @@ UNREPORTED_ERROR = WorkerError(
 )
 # How long a job-done POST already in flight when the stop grace ends may still take.
 REPORT_GRACE_S = 10.0
+# After a stop, how long an open job-take long-poll may still deliver a job in transit.
+TAKE_DRAIN_S = 0.25
 # A JSON string, or one structural character: enough to find a container's children.
 JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
@@ -276,7 +278,10 @@ def _scaler_class() -> type[Any]:
                 stops = asyncio.create_task(self.monitor_stop_signals(session))
                 stopping = asyncio.create_task(self._shutdown_event.wait())
                 await asyncio.wait({take, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                # A stop ends the job-take long-poll at once: no job arrives after it.
+                # RunPod counts a job as taken once it has sent it: an answer already on its
+                # way when the stop came is read and run, not dropped with the connection.
+                # After that moment the long-poll ends, and no job arrives after it.
+                await asyncio.wait({take}, timeout=TAKE_DRAIN_S)
                 take.cancel()
                 await asyncio.wait({take})
                 if not take.cancelled() and take.exception() is not None:
