@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import json
 import logging
 import re
@@ -193,12 +195,23 @@ def parse_reply(cls: type[T], text: str) -> T:
         raise BadReply(f"not the object expected ({type(exc).__name__})") from None
 
 
+# The digest of ollama 0.6.3's AsyncClient._request source, which NativeClient replaces: a
+# client release that changes it must be read again before the override is trusted.
+CLIENT_REQUEST_FINGERPRINT = "4d6f35d5ef41b4b3"
+
+
+def client_request_fingerprint() -> str:
+    """The digest of the installed ollama-python's `AsyncClient._request` source."""
+    source = inspect.getsource(ollama.AsyncClient._request)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 class NativeClient(ollama.AsyncClient):
     """ollama-python's client with its replies read by `parse_reply`.
 
     Its own reader lets a line that is not JSON, or JSON that is not an object, escape as
     JSONDecodeError or AttributeError, and breaks on a blank line; this is its `_request`
-    (ollama 0.6.3) with the reading replaced, and only the reading.
+    (ollama 0.6.3, CLIENT_REQUEST_FINGERPRINT) with the reading replaced, and only the reading.
     """
 
     async def _request(self, cls: type[T], *args: Any, stream: bool = False, **kwargs: Any) -> Any:

@@ -12,6 +12,7 @@ import ollama
 import pytest
 from ollama._client import _parse_host
 
+from ollama_worker import ollama_client
 from ollama_worker.chat import chat_request
 from ollama_worker.config import DEFAULTS, ConfigError, Settings, ollama_base_url
 from ollama_worker.errors import ErrorCode, WorkerError
@@ -739,3 +740,9 @@ async def test_gpu_shares_come_from_api_ps() -> None:
 
     shares = await client_with(responder).gpu_shares()
     assert shares == {"a:latest": 1.0, "b:latest": 0.333, "c:latest": 0.0}
+
+
+def test_the_client_override_matches_the_ollama_python_it_was_written_against() -> None:
+    """NativeClient replaces ollama-python's private `_request`; on another release of it the
+    override may drift from what it replaces, so this fails until it is read again."""
+    assert ollama_client.client_request_fingerprint() == ollama_client.CLIENT_REQUEST_FINGERPRINT
